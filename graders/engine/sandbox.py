@@ -1,0 +1,397 @@
+"""Grader side of the trust boundary: start, talk to and kill the sandboxed worker.
+
+Student code runs only in the worker (``worker_main.py``). This module copies the
+lesson's allow-listed module files into a fresh folder, starts the worker with the
+strongest protections this machine offers, sends it plain-data requests and
+checks every reply by exact type (``plaindata.py``). A worker that crashes, hangs
+or exits is killed with its whole process group; the next request starts a new
+one. Which protections were on is reported in :attr:`Worker.protections`.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+import resource
+import select
+import shutil
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from graders.engine.plaindata import NotPlainData, check_plain
+
+_HEADER = struct.Struct(">Q")
+ENGINE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = ENGINE_DIR.parent.parent
+NOBODY = 65534
+MAX_REPLY_BYTES = 1 << 30
+MAX_MODULE_BYTES = 1 << 20
+
+
+class StudentError(Exception):
+    """The student's code raised an exception (the worker is still alive)."""
+
+
+class WorkerDied(Exception):
+    """The worker crashed, hung, exited or sent garbage; it has been killed."""
+
+
+@dataclass
+class Protections:
+    """Which sandbox protections are in force; reported in every grading output."""
+
+    isolated_folder: bool = True
+    clean_environment: bool = True
+    process_group: bool = True
+    memory_limit: str = "off"
+    network: str = "off"
+    uid: str = "off"
+    hidden_tree: str = "off"
+
+    def summary(self) -> str:
+        return (
+            f"sandbox: network {self.network}; uid {self.uid}; instructor tree hidden {self.hidden_tree}; "
+            f"memory limit {self.memory_limit}; isolated folder, python -I, clean env, own process group on"
+        )
+
+
+@functools.cache
+def _namespaces_available() -> bool:
+    """True when we are root and util-linux ``unshare`` can make the namespaces we need."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    probe = ["unshare", "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc", "true"]
+    try:
+        return subprocess.run(probe, capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def _readable_by_others(path: Path) -> bool:
+    """Can uid 65534 execute ``path``? (every parent searchable, the file readable+executable)."""
+    path = path.resolve()
+    for parent in path.parents:
+        if not os.stat(parent).st_mode & stat.S_IXOTH:
+            return False
+    mode = os.stat(path).st_mode
+    return bool(mode & stat.S_IROTH and mode & stat.S_IXOTH)
+
+
+def _venv_root() -> Path | None:
+    """The venv this grader runs in, if any (the worker reuses it read-only)."""
+    prefix = Path(sys.prefix)
+    return prefix if (prefix / "pyvenv.cfg").exists() else None
+
+
+@dataclass
+class Worker:
+    """One sandboxed worker for one lesson folder of one submission.
+
+    ``lesson_dir`` is the submission's ``lesson_NN`` folder; only ``modules`` (file
+    stems, e.g. ``("attention",)``) are copied from it. ``hide`` lists extra paths the
+    worker must not see (other submissions, the output folder).
+    """
+
+    lesson_dir: Path
+    modules: tuple[str, ...]
+    timeout: float = 60.0
+    memory_bytes: int | None = 6 << 30
+    hide: tuple[Path, ...] = ()
+    cuda: bool = False
+    protections: Protections = field(default_factory=Protections)
+    starts: int = 0
+    last_start_seconds: float = 0.0
+    _proc: subprocess.Popen | None = None
+    _folder: Path | None = None
+    _req_w: int = -1
+    _rep_r: int = -1
+    _log: Path | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def _prepare_folder(self) -> Path:
+        folder = Path(tempfile.mkdtemp(prefix="llmg-sandbox-"))
+        os.chmod(folder, 0o755)
+        for stem in self.modules:
+            src = self.lesson_dir / f"{stem}.py"
+            # Regular files only, no symlinks (a link could point into the instructor's tree).
+            if src.is_file() and not src.is_symlink() and src.stat().st_size <= MAX_MODULE_BYTES:
+                shutil.copyfile(src, folder / src.name)
+                os.chmod(folder / src.name, 0o644)
+        shutil.copyfile(ENGINE_DIR / "worker_main.py", folder / "_llmg_worker.py")
+        for sub in ("home", "tmp"):
+            (folder / sub).mkdir()
+        (folder / "venv").mkdir()
+        return folder
+
+    def start(self) -> None:
+        self.close()
+        t0 = time.perf_counter()
+        self._folder = folder = self._prepare_folder()
+        req_r, self._req_w = os.pipe()
+        self._rep_r, rep_w = os.pipe()
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(folder / "home"),
+            "TMPDIR": str(folder / "tmp"),
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "HF_HUB_OFFLINE": "1",
+            "OMP_NUM_THREADS": str(torch.get_num_threads()),
+        }
+        rlimits = {"RLIMIT_CORE": 0, "RLIMIT_FSIZE": 256 << 20}
+        if self.memory_bytes and not self.cuda:  # CUDA reserves far more address space than it uses
+            rlimits["RLIMIT_AS"] = self.memory_bytes
+            self.protections.memory_limit = f"on ({self.memory_bytes >> 30} GiB address space)"
+        else:
+            self.protections.memory_limit = "off (CUDA worker)" if self.cuda else "off"
+        worker_args = [str(req_r), str(rep_w), str(folder)]
+        self._log = Path(tempfile.mkstemp(prefix="llmg-worker-", suffix=".log")[1])
+        log = open(self._log, "wb")
+        venv = _venv_root()
+        python = Path(sys.executable)
+        if _namespaces_available():
+            drop = venv is not None and _readable_by_others(venv / "bin" / "python")
+            if drop:
+                python_in = folder / "venv" / "bin" / python.name
+                for path in (folder, folder / "home", folder / "tmp"):
+                    os.chown(path, NOBODY if path != folder else 0, NOBODY)
+                os.chmod(folder / "home", 0o700)
+                os.chmod(folder / "tmp", 0o700)
+            else:
+                python_in = python
+            rlimits["RLIMIT_NPROC"] = 4096
+            hide = [str(REPO_ROOT), *map(str, self.hide)]
+            cfg = {
+                "hide": hide,
+                "venv": str(venv) if drop else None,
+                "venv_mount": str(folder / "venv") if drop else None,
+                "rlimits": rlimits,
+                "uid": NOBODY if drop else 0,
+                "gid": NOBODY if drop else 0,
+                "cwd": str(folder),
+                "argv": [str(python_in), "-I", str(folder / "_llmg_worker.py"), *worker_args],
+                "env": env,
+            }
+            argv = ["unshare", "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc"]
+            argv += [str(python), "-I", str(ENGINE_DIR / "launch.py"), json.dumps(cfg)]
+            self.protections.network = "on (empty network namespace)"
+            self.protections.uid = f"on (uid {NOBODY})" if drop else "off (interpreter not readable by uid 65534)"
+            self.protections.hidden_tree = "on (mount namespace)" if drop else "weak (worker is root in its namespace)"
+            preexec = None
+        else:
+            argv = [str(python), "-I", str(folder / "_llmg_worker.py"), *worker_args]
+            why = "grader is not root" if os.geteuid() != 0 else "unshare unavailable"
+            self.protections.network = f"off ({why})"
+            self.protections.uid = f"off ({why})"
+            self.protections.hidden_tree = f"off ({why})"
+
+            def preexec() -> None:
+                for name, value in rlimits.items():
+                    resource.setrlimit(getattr(resource, name), (value, value))
+
+        try:
+            self._proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                pass_fds=(req_r, rep_w),
+                cwd=folder,
+                env=env,
+                start_new_session=True,
+                preexec_fn=preexec,
+            )
+        finally:
+            os.close(req_r)
+            os.close(rep_w)
+            log.close()
+        self.starts += 1
+        self._receive(deadline=time.monotonic() + max(self.timeout, 120.0))  # "ready" after `import torch`
+        self.last_start_seconds = time.perf_counter() - t0
+
+    def close(self) -> None:
+        """Kill the worker's whole process group and remove its folder."""
+        if self._proc is not None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+            self._proc = None
+        for fd in (self._req_w, self._rep_r):
+            if fd >= 0:
+                os.close(fd)
+        self._req_w = self._rep_r = -1
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+        if self._log is not None:
+            self._log.unlink(missing_ok=True)
+            self._log = None
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ transport
+    def _log_tail(self, limit: int = 600) -> str:
+        try:
+            with open(self._log, "rb") as f:
+                f.seek(max(0, os.path.getsize(self._log) - limit))
+                return f.read().decode("utf-8", "replace").strip()
+        except (OSError, TypeError):
+            return ""
+
+    def _died(self, why: str) -> WorkerDied:
+        code = None
+        if self._proc is not None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                code = self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        tail = self._log_tail()
+        self.close()
+        if code is not None and code < 0:
+            why += f"; killed by {signal.Signals(-code).name}"
+        elif code is not None and code > 128 and code - 128 in signal.Signals._value2member_map_:
+            why += f"; killed by {signal.Signals(code - 128).name}"  # unshare reports its child's signal so
+        elif code is not None:
+            why += f"; exit status {code}"
+        if tail:
+            why += f"; last output: {tail[-300:]!r}"
+        return WorkerDied(why)
+
+    def _read_exact(self, n: int, deadline: float) -> bytes:
+        chunks = []
+        while n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self._died(f"timed out after {self.timeout:g} s (infinite loop or far too slow?)")
+            ready, _, _ = select.select([self._rep_r], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(self._rep_r, min(n, 1 << 20))
+            if not chunk:
+                raise self._died("worker exited or crashed")
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def _receive(self, deadline: float) -> dict:
+        (length,) = _HEADER.unpack(self._read_exact(_HEADER.size, deadline))
+        if length > MAX_REPLY_BYTES:
+            raise self._died(f"reply of {length} bytes is over the {MAX_REPLY_BYTES} byte limit")
+        data = self._read_exact(length, deadline)
+        try:
+            reply = check_plain(torch.load(io.BytesIO(data), weights_only=True))
+        except (NotPlainData, Exception) as exc:  # noqa: BLE001 - any unreadable reply is a dead worker
+            raise self._died(f"unreadable reply: {type(exc).__name__}: {exc}") from None
+        if type(reply) is not dict or type(reply.get("ok")) is not bool:
+            raise self._died("malformed reply")
+        return reply
+
+    def request(self, req: dict, timeout: float | None = None) -> tuple[object, float]:
+        """Send one request; return (value, seconds measured here, send to reply)."""
+        if self._proc is None:
+            self.start()
+        buf = io.BytesIO()
+        torch.save(req, buf)
+        data = buf.getvalue()
+        t0 = time.perf_counter()
+        try:
+            os.write(self._req_w, _HEADER.pack(len(data)))
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._req_w, view) :]
+        except OSError:
+            raise self._died("worker closed its request pipe") from None
+        reply = self._receive(deadline=time.monotonic() + (timeout or self.timeout))
+        elapsed = time.perf_counter() - t0
+        if not reply["ok"]:
+            error = reply.get("error")
+            raise StudentError(error if type(error) is str else "the student code raised an error")
+        return reply.get("value"), elapsed
+
+    # ------------------------------------------------------------------ ops
+    def call(
+        self,
+        module: str,
+        function: str,
+        args: tuple | list = (),
+        kwargs: dict | None = None,
+        *,
+        device: str = "cpu",
+        timeout: float | None = None,
+    ) -> object:
+        """Call ``module.function(*args, **kwargs)`` in the worker; return its plain-data result.
+
+        Tensors travel on the CPU; with ``device="cuda"`` the worker moves them there
+        and brings results back.
+        """
+        req = {"op": "call", "module": module, "function": function, "args": list(args), "kwargs": kwargs or {}}
+        value, _ = self.request({**req, "device": device}, timeout)
+        return value
+
+    def timed_batch(
+        self,
+        module: str,
+        function: str,
+        calls: list[tuple[tuple, dict]],
+        *,
+        device: str = "cpu",
+        timeout: float | None = None,
+    ) -> tuple[list, float]:
+        """Run several calls in one round trip; return (results, seconds timed in this process).
+
+        The time includes the transport, so it can only make a submission look slower,
+        never faster: the worker cannot report its own time.
+        """
+        req = {"op": "batch", "module": module, "function": function, "device": device}
+        req["calls"] = [[list(a), dict(k)] for a, k in calls]
+        value, seconds = self.request(req, timeout)
+        if type(value) is not list or len(value) != len(calls):
+            raise StudentError("batch reply has the wrong number of results")
+        return value, seconds
+
+    def grad(
+        self,
+        module: str,
+        function: str,
+        args: tuple | list,
+        kwargs: dict | None,
+        *,
+        wrt: list[int],
+        cotangent: torch.Tensor,
+        output: int | None = None,
+        device: str = "cpu",
+        timeout: float | None = None,
+    ) -> list:
+        """Gradients of ``sum(result[output] * cotangent)`` w.r.t. ``args[i]`` for i in ``wrt``.
+
+        The worker differentiates through the student's code; the grader compares the
+        gradients with its own, so a tampered autograd cannot pass.
+        """
+        req = {"op": "grad", "module": module, "function": function, "args": list(args), "kwargs": kwargs or {}}
+        req |= {"wrt": list(wrt), "cotangent": cotangent, "output": output, "device": device}
+        value, _ = self.request(req, timeout)
+        return value

@@ -1,0 +1,143 @@
+"""The sandboxed worker: imports student modules and answers the grader's requests.
+
+This file is copied into the sandbox folder and run there as ``python -I``; it must
+import nothing from the engine. Student code runs in this process, so nothing here
+is trusted by the grader: every answer is plain data that the grader re-checks
+(see ``graders/engine/plaindata.py``). No assertion, expected value or reference
+solution is ever sent here.
+
+Protocol: one request at a time on fd ``REQ``; one reply on fd ``REP``. A message
+is an 8-byte big-endian length followed by ``torch.save`` bytes. Requests are
+dicts with an ``op``; replies are ``{"ok": True, "value": ...}`` or
+``{"ok": False, "error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+import struct
+import sys
+import time
+import traceback
+
+_HEADER = struct.Struct(">Q")
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    chunks = []
+    while n:
+        chunk = os.read(fd, min(n, 1 << 20))
+        if not chunk:
+            raise EOFError("grader closed the request pipe")
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _error_text(exc: BaseException) -> str:
+    """The exception and the innermost frames: enough for a student to find the line."""
+    frames = traceback.extract_tb(exc.__traceback__)[-3:]
+    where = "; ".join(f"{os.path.basename(f.filename)}:{f.lineno} in {f.name}" for f in frames)
+    return f"{type(exc).__name__}: {exc}"[:2000] + (f" (at {where})" if where else "")
+
+
+def main() -> None:
+    req_fd, rep_fd, folder = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    sys.path.insert(0, folder)
+    import torch  # after sys.path: a student file named torch.py is not copied anyway
+
+    def send(obj: object) -> None:
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        data = buf.getvalue()
+        _write_all(rep_fd, _HEADER.pack(len(data)) + data)
+
+    def to_device(obj: object, device: str) -> object:
+        if isinstance(obj, torch.Tensor):
+            return obj.to(device)
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(to_device(x, device) for x in obj)
+        if isinstance(obj, dict):
+            return {k: to_device(v, device) for k, v in obj.items()}
+        return obj
+
+    def to_cpu(obj: object) -> object:
+        if isinstance(obj, torch.Tensor):
+            return obj.detach().cpu()
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(to_cpu(x) for x in obj)
+        if isinstance(obj, dict):
+            return {k: to_cpu(v) for k, v in obj.items()}
+        return obj
+
+    def function(req: dict):
+        module = importlib.import_module(req["module"])
+        return getattr(module, req["function"])
+
+    def sync(device: str) -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def handle(req: dict) -> object:
+        op = req["op"]
+        if op == "ping":
+            return {"pid": os.getpid(), "uid": os.getuid(), "torch": torch.__version__}
+        if op == "import":
+            importlib.import_module(req["module"])
+            return True
+        device = req.get("device", "cpu")
+        if op == "call":
+            fn = function(req)
+            out = fn(*to_device(req["args"], device), **to_device(req["kwargs"], device))
+            return to_cpu(out)
+        if op == "batch":
+            # Several calls, one round trip: the grader times the whole request.
+            fn = function(req)
+            calls = [(to_device(a, device), to_device(k, device)) for a, k in req["calls"]]
+            outs = [fn(*a, **k) for a, k in calls]
+            sync(device)
+            return to_cpu(outs)
+        if op == "grad":
+            # Gradients of sum(out[index] * cotangent) w.r.t. the tensor args named in wrt.
+            fn = function(req)
+            args = list(to_device(req["args"], device))
+            for i in req["wrt"]:
+                args[i] = args[i].detach().requires_grad_(True)
+            out = fn(*args, **to_device(req["kwargs"], device))
+            picked = out[req["output"]] if req.get("output") is not None else out
+            cot = to_device(req["cotangent"], device)
+            grads = torch.autograd.grad((picked * cot).sum(), [args[i] for i in req["wrt"]], allow_unused=True)
+            return to_cpu([g if g is not None else torch.zeros_like(args[i]) for g, i in zip(grads, req["wrt"])])
+        raise ValueError(f"unknown op {op!r}")
+
+    send({"ok": True, "value": "ready"})
+    while True:
+        try:
+            (length,) = _HEADER.unpack(_read_exact(req_fd, _HEADER.size))
+            req = torch.load(io.BytesIO(_read_exact(req_fd, length)), weights_only=True)
+        except EOFError:
+            return
+        start = time.perf_counter()
+        try:
+            reply = {"ok": True, "value": handle(req)}
+        except BaseException as exc:  # noqa: BLE001 - student code may raise anything
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            reply = {"ok": False, "error": _error_text(exc)}
+        reply["worker_seconds"] = time.perf_counter() - start  # informational only, never graded
+        try:
+            send(reply)
+        except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable return value
+            send({"ok": False, "error": f"the return value could not be sent back: {_error_text(exc)}"})
+
+
+if __name__ == "__main__":
+    main()
