@@ -1,0 +1,68 @@
+"""``llm-grade``: grade submissions and keep exercises/ in sync with solutions_private/."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from graders.engine import lessons, sync
+from graders.engine.sandbox import REPO_ROOT
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from graders.engine import results
+    from graders.engine.run import grade
+
+    lesson = lessons.load(args.lesson)
+    res = grade(lesson, Path(args.submission), Path(args.out), keyword=args.k)
+    print(results.table(res))
+    print(f"results: {Path(args.out) / 'results.json'}")
+    return 0
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    root = Path(args.root)
+    if args.check:
+        drifts = sync.check(root)
+        for d in drifts:
+            print(d.diff or f"{d.path}: differs")
+        if drifts:
+            print(f"{len(drifts)} stub file(s) drifted from solutions_private/: run `llm-grade sync`", file=sys.stderr)
+            return 1
+        print("exercises/ is in sync with solutions_private/")
+        return 0
+    written = sync.write(root)
+    for path in written:
+        print(f"wrote {path}")
+    print(f"{len(written)} file(s) written" if written else "exercises/ already in sync")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-grade", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="grade one lesson of one submission")
+    run.add_argument("--lesson", required=True, help="lesson number, e.g. 03")
+    run.add_argument("--submission", required=True, help="a student repo root (with exercises/) or a folder of lesson_NN/")
+    run.add_argument("--out", required=True, help="folder for results.json")
+    run.add_argument("-k", help="only hidden tests matching this pytest -k expression (for debugging graders)")
+    run.set_defaults(func=_cmd_run)
+    syn = sub.add_parser("sync", help="write exercises/ stubs from solutions_private/")
+    syn.add_argument("--check", action="store_true", help="exit 1 and show the diff if exercises/ drifted")
+    syn.add_argument("--root", default=str(REPO_ROOT), help="repository root (default: this checkout)")
+    syn.set_defaults(func=_cmd_sync)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (lessons.GradingSetupError, sync.SyncError) as exc:
+        print(f"llm-grade: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Grade one lesson of one submission: hidden tests in a grading process, results written.
+
+The hidden tests run under pytest in a child process of the CLI (the grader's
+process), which talks to the sandboxed worker. This process only assembles the
+verdicts that child logged, so even if it dies, results.json is still written and
+every test without a verdict scores 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from graders.engine import lessons, results
+from graders.engine.sandbox import REPO_ROOT
+
+RUN_TIMEOUT = 30 * 60  # whole hidden suite; per-call and per-test limits are far lower
+TEST_TIMEOUT = 300
+
+
+def grade(
+    lesson: lessons.Lesson,
+    submission: Path,
+    out_dir: Path,
+    *,
+    hide: tuple[Path, ...] = (),
+    keyword: str | None = None,
+    run_timeout: float = RUN_TIMEOUT,
+) -> dict:
+    """Grade ``submission`` on ``lesson``; write ``out_dir/results.json``; return the results."""
+    lesson_dir = lessons.find_lesson_dir(submission.resolve(), lesson)
+    out_dir = out_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hide = (*hide, out_dir, submission.resolve())
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="llmg-run-") as tmp:
+        events = Path(tmp) / "events.jsonl"
+        cmd = [
+            sys.executable, "-m", "pytest", str(lesson.graders_dir),
+            "-p", "graders.engine.plugin", "-p", "no:cacheprovider",
+            "-c", str(REPO_ROOT / "pyproject.toml"), "--rootdir", str(REPO_ROOT),
+            "-q", "--no-header", "-o", "console_output_style=classic", f"--timeout={TEST_TIMEOUT}",
+            f"--llmg-lesson-dir={lesson_dir}", f"--llmg-modules={','.join(lesson.modules)}",
+            f"--llmg-events={events}",
+        ]  # fmt: skip
+        cmd += [f"--llmg-hide={p}" for p in hide]
+        if keyword:
+            cmd += ["-k", keyword]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PYTHON"))}
+        problem = None
+        log_path = out_dir / "grader.log"
+        with open(log_path, "wb") as log:
+            try:
+                proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=run_timeout)
+                if proc.returncode not in (0, 1, 5):  # 0 all passed, 1 some failed, 5 none collected
+                    problem = f"the grading process ended with status {proc.returncode} (see {log_path})"
+            except subprocess.TimeoutExpired:
+                problem = f"the whole grading run passed its {run_timeout:g} s limit"
+        header = f"lesson {lesson.number} ({lesson.title}); submission {lesson_dir}"
+        res = results.assemble(results.read_events(events), header=header, elapsed=time.perf_counter() - t0, problem=problem)
+    results.write_atomic(out_dir / "results.json", json.dumps(res, indent=2) + "\n")
+    return res
