@@ -14,10 +14,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from graders.engine import results
     from graders.engine.run import grade
 
-    lesson = lessons.load(args.lesson)
-    res = grade(lesson, Path(args.submission), Path(args.out), keyword=args.k)
-    print(results.table(res))
-    print(f"results: {Path(args.out) / 'results.json'}")
+    out = Path(args.out)
+    if args.lesson != "all":
+        res = grade(lessons.load(args.lesson), Path(args.submission), out, keyword=args.k)
+        print(results.table(res))
+        print(f"results: {out / 'results.json'}")
+        return 0
+    # Every lesson with graders, each into out/lesson_NN/; a lesson the submission lacks is reported.
+    for number in lessons.available():
+        lesson = lessons.load(number)
+        try:
+            res = grade(lesson, Path(args.submission), out / lesson.dirname, keyword=args.k)
+        except lessons.GradingSetupError as exc:
+            print(f"lesson {number}: not graded: {exc}\n")
+            continue
+        print(results.table(res))
+        print(f"results: {out / lesson.dirname / 'results.json'}\n")
     return 0
 
 
@@ -43,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-grade", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="grade one lesson of one submission")
-    run.add_argument("--lesson", required=True, help="lesson number, e.g. 03")
+    run.add_argument("--lesson", required=True, help="lesson number, e.g. 03, or `all` (results in OUT/lesson_NN/)")
     run.add_argument("--submission", required=True, help="a student repo root (with exercises/) or a folder of lesson_NN/")
     run.add_argument("--out", required=True, help="folder for results.json")
     run.add_argument("-k", help="only hidden tests matching this pytest -k expression (for debugging graders)")

@@ -66,6 +66,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     _events(config).write(event="collected", tests=[_describe(i) for i in items])
 
 
+_PREFIXES = {
+    "AssertionError: ": "",
+    "graders.engine.sandbox.StudentError: ": "your code raised ",
+    "graders.engine.sandbox.WorkerDied: ": "the worker died: ",
+}
+
+
 def _message(report: pytest.TestReport) -> str:
     """The failure's first lines, never the hidden test's source or its locals."""
     crash = getattr(report.longrepr, "reprcrash", None)
@@ -73,7 +80,10 @@ def _message(report: pytest.TestReport) -> str:
     if report.skipped and isinstance(report.longrepr, tuple):
         text = report.longrepr[2]
     text = text.split("\nassert ")[0].split("\n+  where")[0]
-    return text.removeprefix("AssertionError: ").strip()[:1500]
+    for prefix, replacement in _PREFIXES.items():
+        if text.startswith(prefix):
+            text = replacement + text.removeprefix(prefix)
+    return text.strip()[:1500]
 
 
 @pytest.hookimpl(wrapper=True)

@@ -111,7 +111,10 @@ class Worker:
     hide: tuple[Path, ...] = ()
     cuda: bool = False
     protections: Protections = field(default_factory=Protections)
+    max_timeouts: int = 3
     starts: int = 0
+    timeouts: int = 0
+    broken: str | None = None  # set when the modules cannot be imported or the worker hangs too often
     last_start_seconds: float = 0.0
     _proc: subprocess.Popen | None = None
     _folder: Path | None = None
@@ -126,7 +129,11 @@ class Worker:
         for stem in self.modules:
             src = self.lesson_dir / f"{stem}.py"
             # Regular files only, no symlinks (a link could point into the instructor's tree).
-            if src.is_file() and not src.is_symlink() and src.stat().st_size <= MAX_MODULE_BYTES:
+            if not src.is_file() or src.is_symlink():
+                self.broken = f"the submission has no regular file {self.lesson_dir.name}/{src.name}"
+            elif src.stat().st_size > MAX_MODULE_BYTES:
+                self.broken = f"{self.lesson_dir.name}/{src.name} is over {MAX_MODULE_BYTES >> 20} MiB"
+            else:
                 shutil.copyfile(src, folder / src.name)
                 os.chmod(folder / src.name, 0o644)
         shutil.copyfile(ENGINE_DIR / "worker_main.py", folder / "_llmg_worker.py")
@@ -139,6 +146,8 @@ class Worker:
         self.close()
         t0 = time.perf_counter()
         self._folder = folder = self._prepare_folder()
+        if self.broken is not None:
+            return
         req_r, self._req_w = os.pipe()
         self._rep_r, rep_w = os.pipe()
         for fd in (req_r, rep_w):  # 1 MiB pipes: tensors cross in far fewer context switches
@@ -227,6 +236,16 @@ class Worker:
         self.starts += 1
         self._receive(deadline=time.monotonic() + max(self.timeout, 120.0))  # "ready" after `import torch`
         self.last_start_seconds = time.perf_counter() - t0
+        for stem in self.modules:  # import once here: a module that cannot load fails every test fast
+            try:
+                self._send_and_receive({"op": "import", "module": stem}, self.timeout)
+            except WorkerDied as exc:
+                self.broken = f"importing {stem}.py stopped the worker: {exc}"
+            except StudentError as exc:
+                self.broken = f"importing {stem}.py raised {exc}"
+            else:
+                continue
+            break
 
     def close(self) -> None:
         """Kill the worker's whole process group and remove its folder."""
@@ -319,9 +338,25 @@ class Worker:
         return reply
 
     def request(self, req: dict, timeout: float | None = None) -> tuple[object, float]:
-        """Send one request; return (value, seconds measured here, send to reply)."""
-        if self._proc is None:
+        """Send one request; return (value, seconds measured here, send to reply).
+
+        Raises StudentError when the student's code raised, WorkerDied when the worker
+        crashed or hung (it is restarted on the next request).
+        """
+        if self.broken is None and self._proc is None:
             self.start()
+        if self.broken is not None:
+            raise WorkerDied(self.broken)
+        try:
+            return self._send_and_receive(req, timeout)
+        except WorkerDied as exc:
+            if "timed out" in str(exc):
+                self.timeouts += 1
+                if self.timeouts >= self.max_timeouts:
+                    self.broken = f"the submission timed out {self.timeouts} times; later calls are not attempted"
+            raise
+
+    def _send_and_receive(self, req: dict, timeout: float | None) -> tuple[object, float]:
         buf = io.BytesIO()
         torch.save(req, buf)
         data = buf.getvalue()

@@ -44,7 +44,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _error_text(exc: BaseException) -> str:
     """The exception and the innermost frames: enough for a student to find the line."""
-    frames = traceback.extract_tb(exc.__traceback__)[-3:]
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename != __file__][-3:]
     where = "; ".join(f"{os.path.basename(f.filename)}:{f.lineno} in {f.name}" for f in frames)
     return f"{type(exc).__name__}: {exc}"[:2000] + (f" (at {where})" if where else "")
 
