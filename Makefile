@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# Results land in $(OUT)/lesson_NN/results.json, for one lesson or all.
 grade: setup
-	$(BIN)/llm-grade run --lesson $(LESSON) --submission $(SUBMISSION) --out $(OUT)
+	$(BIN)/llm-grade run --lesson $(LESSON) --submission $(SUBMISSION) \
+		--out $(if $(filter all,$(LESSON)),$(OUT),$(OUT)/lesson_$(shell printf %02d $(LESSON)))
 
 test: setup
 	$(BIN)/ruff check .

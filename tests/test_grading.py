@@ -36,6 +36,7 @@ def test_stubs_get_zero(grade_lesson, lesson: str):
     res = grade_lesson(lesson, REPO / "exercises")
     check_schema(res)
     assert res["score"] == 0 and res["max_score"] > 0
+    assert res["extra_data"]["worker_starts"] == 1, "a stub that raises must not restart the worker"
     counted = [t for t in res["tests"] if t["max_score"] > 0]
     assert all("NotImplementedError" in t["output"] for t in counted), [t["output"] for t in counted]
 

@@ -16,20 +16,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if args.lesson != "all":
-        res = grade(lessons.load(args.lesson), Path(args.submission), out, keyword=args.k)
+        res = grade(lessons.load(args.lesson), Path(args.submission), out, keyword=args.k, call_timeout=args.call_timeout)
         print(results.table(res))
         print(f"results: {out / 'results.json'}")
         return 0
     # Every lesson with graders, each into out/lesson_NN/; a lesson the submission lacks is reported.
+    graded = 0
     for number in lessons.available():
         lesson = lessons.load(number)
         try:
-            res = grade(lesson, Path(args.submission), out / lesson.dirname, keyword=args.k)
+            res = grade(lesson, Path(args.submission), out / lesson.dirname, keyword=args.k, call_timeout=args.call_timeout)
         except lessons.GradingSetupError as exc:
             print(f"lesson {number}: not graded: {exc}\n")
             continue
+        graded += 1
         print(results.table(res))
         print(f"results: {out / lesson.dirname / 'results.json'}\n")
+    if not graded:
+        raise lessons.GradingSetupError(f"submission {args.submission} has no lesson_NN/ folder for any graded lesson")
     return 0
 
 
@@ -57,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="grade one lesson of one submission")
     run.add_argument("--lesson", required=True, help="lesson number, e.g. 03, or `all` (results in OUT/lesson_NN/)")
     run.add_argument("--submission", required=True, help="a student repo root (with exercises/) or a folder of lesson_NN/")
-    run.add_argument("--out", required=True, help="folder for results.json")
+    run.add_argument("--out", required=True, help="folder for results.json (with --lesson all: OUT/lesson_NN/results.json)")
+    run.add_argument("--call-timeout", type=float, default=60.0, help="seconds allowed for one call into student code")
     run.add_argument("-k", help="only hidden tests matching this pytest -k expression (for debugging graders)")
     run.set_defaults(func=_cmd_run)
     syn = sub.add_parser("sync", help="write exercises/ stubs from solutions_private/")

@@ -4,8 +4,9 @@ Started as ``unshare --net --mount --pid --fork --kill-child --mount-proc python
 launch.py CONFIG_JSON`` when the grader is root. It runs before any student code,
 as root, inside the new mount/network/pid namespaces, and then replaces itself with
 the worker running as an unprivileged uid. Standalone on purpose (``-I``: no engine
-imports). Every step that fails is reported on stderr and skipped; the grader
-already reported which protections it asked for.
+imports). A step that fails stops the launch with status 97 and a
+``launch:`` line on stderr, so the grader can fall back to a plain worker and say
+so, rather than report a protection that did not take effect.
 """
 
 from __future__ import annotations
@@ -27,6 +28,15 @@ def _run(*cmd: str) -> bool:
     return subprocess.run([exe, *cmd[1:]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
 
 
+LAUNCH_FAILED = 97  # the grader sees this status and falls back to a plain worker, saying so
+
+
+def _fail(why: str) -> None:
+    """Never run student code with less protection than the grader reported."""
+    print(f"launch: {why}", file=sys.stderr, flush=True)
+    os._exit(LAUNCH_FAILED)
+
+
 def main() -> None:
     cfg = json.loads(sys.argv[1])
     _run("ip", "link", "set", "lo", "up")  # some kernels start a new netns with lo down
@@ -34,7 +44,7 @@ def main() -> None:
     venv_mount = cfg.get("venv_mount")
     if venv_mount:  # the interpreter's venv, visible read-only at a neutral path
         if not (_run("mount", "--bind", cfg["venv"], venv_mount) and _run("mount", "-o", "remount,bind,ro", venv_mount)):
-            print("launch: could not bind the venv", file=sys.stderr)
+            _fail("could not bind the venv into the sandbox")
     for path in cfg["hide"]:  # the instructor's tree, other submissions, the output folder
         if os.path.isdir(path):
             ok = _run("mount", "-t", "tmpfs", "-o", "size=4k,mode=000,ro", "tmpfs", path)
@@ -43,7 +53,7 @@ def main() -> None:
         else:
             continue
         if not ok:
-            print(f"launch: could not hide {path}", file=sys.stderr)
+            _fail(f"could not hide {path}")
     for name, value in cfg["rlimits"].items():
         resource.setrlimit(getattr(resource, name), (value, value))
     uid, gid = cfg["uid"], cfg["gid"]

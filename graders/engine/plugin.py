@@ -25,6 +25,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--llmg-modules", help="comma-separated module stems copied into the sandbox")
     group.addoption("--llmg-hide", action="append", default=[], help="a path the worker must not see")
     group.addoption("--llmg-events", help="JSON-lines file that receives every verdict")
+    group.addoption("--llmg-call-timeout", type=float, default=60.0, help="seconds for one worker request")
 
 
 class _Events:
@@ -122,7 +123,7 @@ def worker(request: pytest.FixtureRequest):
         pytest.fail("hidden tests run only through `llm-grade run` (no --llmg-lesson-dir given)")
     modules = tuple(m for m in (config.getoption("--llmg-modules") or "").split(",") if m)
     hide = tuple(Path(p) for p in config.getoption("--llmg-hide"))
-    w = Worker(Path(lesson_dir), modules, hide=hide, cuda=torch.cuda.is_available())
+    w = Worker(Path(lesson_dir), modules, hide=hide, cuda=torch.cuda.is_available(), timeout=config.getoption("--llmg-call-timeout"))
     try:
         yield w
     finally:

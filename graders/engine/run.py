@@ -21,6 +21,7 @@ from graders.engine.sandbox import REPO_ROOT
 
 RUN_TIMEOUT = 30 * 60  # whole hidden suite; per-call and per-test limits are far lower
 TEST_TIMEOUT = 300
+CALL_TIMEOUT = 60.0  # one request to the worker; three timeouts and the submission is given up
 
 
 def grade(
@@ -30,6 +31,7 @@ def grade(
     *,
     hide: tuple[Path, ...] = (),
     keyword: str | None = None,
+    call_timeout: float = CALL_TIMEOUT,
     run_timeout: float = RUN_TIMEOUT,
 ) -> dict:
     """Grade ``submission`` on ``lesson``; write ``out_dir/results.json``; return the results."""
@@ -46,7 +48,7 @@ def grade(
             "-c", str(REPO_ROOT / "pyproject.toml"), "--rootdir", str(REPO_ROOT),
             "-q", "--no-header", "-o", "console_output_style=classic", f"--timeout={TEST_TIMEOUT}",
             f"--llmg-lesson-dir={lesson_dir}", f"--llmg-modules={','.join(lesson.modules)}",
-            f"--llmg-events={events}",
+            f"--llmg-events={events}", f"--llmg-call-timeout={call_timeout}",
         ]  # fmt: skip
         cmd += [f"--llmg-hide={p}" for p in hide]
         if keyword:

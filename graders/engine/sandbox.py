@@ -115,6 +115,7 @@ class Worker:
     starts: int = 0
     timeouts: int = 0
     broken: str | None = None  # set when the modules cannot be imported or the worker hangs too often
+    _launch_failure: str | None = None  # why the namespaced launch failed; later starts go without it
     last_start_seconds: float = 0.0
     _proc: subprocess.Popen | None = None
     _folder: Path | None = None
@@ -176,7 +177,7 @@ class Worker:
         log = open(self._log, "wb")
         venv = _venv_root()
         python = Path(sys.executable)
-        if _namespaces_available():
+        if _namespaces_available() and self._launch_failure is None:
             drop = venv is not None and _readable_by_others(venv / "bin" / "python")
             if drop:
                 python_in = folder / "venv" / "bin" / python.name
@@ -208,7 +209,7 @@ class Worker:
             preexec = None
         else:
             argv = [str(python), "-I", str(folder / "_llmg_worker.py"), *worker_args]
-            why = "grader is not root" if os.geteuid() != 0 else "unshare unavailable"
+            why = self._launch_failure or ("grader is not root" if os.geteuid() != 0 else "unshare unavailable")
             self.protections.network = f"off ({why})"
             self.protections.uid = f"off ({why})"
             self.protections.hidden_tree = f"off ({why})"
@@ -234,8 +235,17 @@ class Worker:
             os.close(rep_w)
             log.close()
         self.starts += 1
-        self._receive(deadline=time.monotonic() + max(self.timeout, 120.0))  # "ready" after `import torch`
+        try:
+            self._receive(deadline=time.monotonic() + max(self.timeout, 120.0))  # "ready" after `import torch`
+        except WorkerDied as exc:
+            if "launch:" not in str(exc) or self._launch_failure is not None:
+                raise
+            self._launch_failure = f"namespaced launch failed: {str(exc).split('launch:')[-1].strip()[:120]}"
+            return self.start()  # again, without namespaces; the protections say so
         self.last_start_seconds = time.perf_counter() - t0
+        identity, _ = self._send_and_receive({"op": "ping"}, self.timeout)
+        if self.protections.uid.startswith("on") and (type(identity) is not dict or identity.get("uid") != NOBODY):
+            self.protections.uid = f"off (worker reported uid {identity.get('uid') if type(identity) is dict else '?'})"
         for stem in self.modules:  # import once here: a module that cannot load fails every test fast
             try:
                 self._send_and_receive({"op": "import", "module": stem}, self.timeout)
@@ -331,7 +341,7 @@ class Worker:
         data = self._read_exact(length, deadline)
         try:
             reply = check_plain(torch.load(io.BytesIO(data), weights_only=True))
-        except (NotPlainData, Exception) as exc:  # noqa: BLE001 - any unreadable reply is a dead worker
+        except (NotPlainData, Exception) as exc:
             raise self._died(f"unreadable reply: {type(exc).__name__}: {exc}") from None
         if type(reply) is not dict or type(reply.get("ok")) is not bool:
             raise self._died("malformed reply")

@@ -59,7 +59,7 @@ class Lesson03:
         )
         assert type(grads) is list and len(grads) == 3, "gradient reply malformed"
         names = ("dq", "dk", "dv")
-        return tuple(expect.tensor(g, n, shape=x.shape) for g, n, x in zip(grads, names, (q, k, v)))  # type: ignore[return-value]
+        return tuple(expect.tensor(g, n, shape=x.shape) for g, n, x in zip(grads, names, (q, k, v), strict=True))  # type: ignore[return-value]
 
     @staticmethod
     def _check(out: object, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

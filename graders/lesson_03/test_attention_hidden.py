@@ -108,7 +108,7 @@ def test_fully_masked_row_is_zero(lesson03: Lesson03):
     assert (weights[..., 2, :] == 0).all(), "weights of a fully masked row must be all zero"
     assert (out[..., 2, :] == 0).all(), "output of a fully masked row must be all zero"
     keep = [0, 1, 3, 4, 5]
-    want_out, want_w = reference(q, k, v, mask)
+    want_out, _ = reference(q, k, v, mask)
     expect.close(out[..., keep, :], want_out[..., keep, :], "output of the other rows", *TOL[torch.float32])
 
 
@@ -181,7 +181,7 @@ def _time_ratio(lesson03: Lesson03, *, shape, dtype, device, trials: int, count:
         expect.close(first[1], want_w.cpu(), "weights of a timed call", *tol)
         # a^T E b for an error E has standard deviation ||E||_F <= (atol + rtol) * sqrt(numel): 10 sigma.
         bound = 10 * (tol[0] + tol[1]) * want_out.numel() ** 0.5
-        for i, (g, w) in enumerate(zip(got, want)):
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
             assert abs(g[0] - w) <= bound, f"timed call {i} returned a wrong output (digest {g[0]:.6g}, expected {w:.6g})"
         if trial:
             ratios.append(student_s / reference_s)
