@@ -71,3 +71,34 @@ def test_every_hidden_test_has_points():
         for path in (REPO / "graders" / f"lesson_{lesson}").glob("test_*.py"):
             text = path.read_text()
             assert text.count("\ndef test_") == text.count("@pytest.mark.points("), f"{path}: every hidden test needs points"
+
+
+def test_results_are_written_when_the_run_is_cut_short(grade_lesson):
+    """A run killed part-way still writes results.json; tests without a verdict score 0."""
+    res = grade_lesson("03", REPO / "tests" / "submissions" / "loop", run_timeout=6)
+    check_schema(res)
+    no_verdict = [t for t in res["tests"] if t["output"].startswith("no verdict")]
+    assert no_verdict and all(t["score"] == 0 and t["status"] == "failed" for t in no_verdict)
+    assert "passed its 6 s limit" in res["output"]
+    assert _orphaned_workers(wait=5.0) == [], "a worker outlived the grading process that started it"
+
+
+def _orphaned_workers(wait: float) -> list[int]:
+    """Worker processes re-parented to init (their grader died without killing them)."""
+    import os
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        orphans = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+                ppid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if b"_llmg_worker.py" in cmd and ppid == 1:
+                orphans.append(int(pid))
+        if not orphans or time.monotonic() > deadline:
+            return orphans
+        time.sleep(0.2)

@@ -11,10 +11,12 @@ so, rather than report a protection that did not take effect.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -60,6 +62,12 @@ def main() -> None:
     os.setgroups([])
     os.setgid(gid)
     os.setuid(uid)
+    # A change of credentials clears the parent-death signal that `unshare --kill-child`
+    # set; set it again so the worker dies with unshare (and unshare with the grader).
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
     os.chdir(cfg["cwd"])
     os.execve(cfg["argv"][0], cfg["argv"], cfg["env"])
 

@@ -10,6 +10,7 @@ one. Which protections were on is reported in :attr:`Worker.protections`.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import functools
 import io
@@ -77,6 +78,14 @@ def _namespaces_available() -> bool:
         return subprocess.run(probe, capture_output=True, timeout=20).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it if the grading process dies (no orphaned workers)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _readable_by_others(path: Path) -> bool:
@@ -206,7 +215,7 @@ class Worker:
             self.protections.network = "on (empty network namespace)"
             self.protections.uid = f"on (uid {NOBODY})" if drop else "off (interpreter not readable by uid 65534)"
             self.protections.hidden_tree = "on (mount namespace)" if drop else "weak (worker is root in its namespace)"
-            preexec = None
+            preexec = _die_with_parent
         else:
             argv = [str(python), "-I", str(folder / "_llmg_worker.py"), *worker_args]
             why = self._launch_failure or ("grader is not root" if os.geteuid() != 0 else "unshare unavailable")
@@ -215,6 +224,7 @@ class Worker:
             self.protections.hidden_tree = f"off ({why})"
 
             def preexec() -> None:
+                _die_with_parent()
                 for name, value in rlimits.items():
                     resource.setrlimit(getattr(resource, name), (value, value))
 
