@@ -267,18 +267,23 @@ class Worker:
                 continue
             break
 
+    def _kill(self) -> int | None:
+        """SIGKILL the worker's process group; return its exit status if it was reaped."""
+        if self._proc is None:
+            return None
+        try:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            return self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            return None
+
     def close(self) -> None:
         """Kill the worker's whole process group and remove its folder."""
-        if self._proc is not None:
-            try:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-            self._proc = None
+        self._kill()
+        self._proc = None
         for fd in (self._req_w, self._rep_r):
             if fd >= 0:
                 os.close(fd)
@@ -306,16 +311,7 @@ class Worker:
             return ""
 
     def _died(self, why: str) -> WorkerDied:
-        code = None
-        if self._proc is not None:
-            try:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            try:
-                code = self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
+        code = self._kill()
         tail = self._log_tail()
         self.close()
         if code is not None and code < 0:
