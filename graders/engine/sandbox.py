@@ -295,6 +295,11 @@ class Worker:
             self._log.unlink(missing_ok=True)
             self._log = None
 
+    @property
+    def running(self) -> bool:
+        """A worker process is up (objects built in it still exist)."""
+        return self._proc is not None
+
     def __enter__(self) -> Worker:
         return self
 

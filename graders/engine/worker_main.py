@@ -122,9 +122,30 @@ def main() -> None:
             return {k: to_cpu(v) for k, v in obj.items()}
         return obj
 
+    objects: dict[int, object] = {}  # handles to objects built by "new" (a model, a tokenizer, ...)
+
     def function(req: dict):
         module = importlib.import_module(req["module"])
         return getattr(module, req["function"])
+
+    def resolve(obj: object) -> object:
+        """Replace {"__handle__": n} anywhere in the arguments by the object it names."""
+        if isinstance(obj, dict):
+            if set(obj) == {"__handle__"}:
+                return objects[obj["__handle__"]]
+            return {k: resolve(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(resolve(x) for x in obj)
+        return obj
+
+    def target(req: dict):
+        """The callable a request names: module.function, or a method of a handle's object."""
+        if req.get("handle") is not None:
+            return getattr(objects[req["handle"]], req["function"])
+        return function(req)
+
+    def arguments(req: dict, device: str) -> tuple[list, dict]:
+        return resolve(to_device(req.get("args", []), device)), resolve(to_device(req.get("kwargs", {}), device))
 
     def sync(device: str) -> None:
         if device.startswith("cuda"):
@@ -139,9 +160,30 @@ def main() -> None:
             return True
         device = req.get("device", "cpu")
         if op == "call":
-            fn = function(req)
-            out = fn(*to_device(req["args"], device), **to_device(req["kwargs"], device))
-            return to_cpu(out)
+            args, kwargs = arguments(req, device)
+            return to_cpu(target(req)(*args, **kwargs))
+        if op == "new":
+            args, kwargs = arguments(req, device)
+            obj = function(req)(*args, **kwargs)
+            if device != "cpu" and hasattr(obj, "to"):
+                obj = obj.to(device)
+            objects[len(objects) + 1] = obj
+            return len(objects)
+        if op == "state_dict":
+            return {k: v.detach().cpu() for k, v in objects[req["handle"]].state_dict().items()}
+        if op == "load_state_dict":
+            obj = objects[req["handle"]]
+            obj.load_state_dict(to_device(req["state_dict"], device), strict=True)
+            return None
+        if op == "param_grads":
+            # Gradients of sum(result[output] * cotangent) w.r.t. every named parameter of a handle's object.
+            obj = objects[req["handle"]]
+            obj.zero_grad(set_to_none=True)
+            args, kwargs = arguments(req, device)
+            out = getattr(obj, req["function"])(*args, **kwargs)
+            picked = out[req["output"]] if req.get("output") is not None else out
+            (picked * to_device(req["cotangent"], device)).sum().backward()
+            return {n: (p.grad.detach().cpu() if p.grad is not None else None) for n, p in obj.named_parameters()}
         if op == "batch":
             # Several calls, one round trip: the grader times the whole request.
             fn = function(req)
@@ -151,7 +193,7 @@ def main() -> None:
             return to_cpu(outs)
         if op == "seeded_batch":
             # Timed by the grader: inputs made here from a seed, outputs proved by digests.
-            fn = function(req)
+            fn = target(req)
             calls = seeded_inputs(torch, req["seed"], req["count"], req["random_args"], req["fixed_args"], device)
             outs = [fn(*args) for args in calls]
             return {
@@ -160,11 +202,11 @@ def main() -> None:
             }
         if op == "grad":
             # Gradients of sum(out[index] * cotangent) w.r.t. the tensor args named in wrt.
-            fn = function(req)
-            args = list(to_device(req["args"], device))
+            fn = target(req)
+            args = list(resolve(to_device(req["args"], device)))
             for i in req["wrt"]:
                 args[i] = args[i].detach().requires_grad_(True)
-            out = fn(*args, **to_device(req["kwargs"], device))
+            out = fn(*args, **resolve(to_device(req["kwargs"], device)))
             picked = out[req["output"]] if req.get("output") is not None else out
             cot = to_device(req["cotangent"], device)
             grads = torch.autograd.grad((picked * cot).sum(), [args[i] for i in req["wrt"]], allow_unused=True)
