@@ -53,7 +53,7 @@ def test_build_load_forward_and_grads(worker: Worker):
     grads = model.param_grads("forward", (x,), torch.ones(2, 3))
     torch.testing.assert_close(grads["proj.bias"], torch.full((3,), 2.0))
     assert grads["unused.weight"] is None  # the gradient-flow check a lesson can build on
-    with pytest.raises(StudentError, match="size mismatch|Missing key"):
+    with pytest.raises(StudentError, match=r"size mismatch|Missing key"):
         model.load_state_dict({"proj.weight": torch.zeros(5, 5)})
 
 
@@ -61,5 +61,5 @@ def test_handle_fails_clearly_after_restart(worker: Worker):
     model = remote.new(worker, "tiny", "Tiny", remote.new(worker, "tiny", "Config").ref())
     with pytest.raises(WorkerDied):
         model.call("die")
-    with pytest.raises(WorkerDied, match="restarted since tiny.Tiny was built"):
+    with pytest.raises(WorkerDied, match=r"restarted since tiny\.Tiny was built"):
         model.call("forward", torch.zeros(1, 4))
