@@ -75,7 +75,7 @@ def test_every_hidden_test_has_points():
 
 def test_results_are_written_when_the_run_is_cut_short(grade_lesson):
     """A run killed part-way still writes results.json; tests without a verdict score 0."""
-    res = grade_lesson("03", REPO / "tests" / "submissions" / "loop", run_timeout=6)
+    res = grade_lesson("03", REPO / "tests" / "submissions" / "lesson_03_loop", run_timeout=6)
     check_schema(res)
     no_verdict = [t for t in res["tests"] if t["output"].startswith("no verdict")]
     assert no_verdict and all(t["score"] == 0 and t["status"] == "failed" for t in no_verdict)

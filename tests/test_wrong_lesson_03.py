@@ -56,7 +56,7 @@ def test_mutant_loses_points(grade_lesson, tmp_path: Path, name: str):
 
 
 def test_looping_submission_loses_only_speed(grade_lesson):
-    res = grade_lesson("03", SUBMISSIONS / "loop")
+    res = grade_lesson("03", SUBMISSIONS / "lesson_03_loop")
     failed = failed_tests(res)
     assert failed and all(f.startswith(SPEED) for f in failed), sorted(failed)
     speed = next(t for t in res["tests"] if t["name"].startswith(SPEED))
