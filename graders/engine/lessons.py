@@ -19,6 +19,7 @@ class Lesson:
     number: str  # "03"
     title: str
     modules: tuple[str, ...]  # allow-listed student module files (stems) copied into the sandbox
+    lab_modules: tuple[str, ...] = ()  # the lab's own files, for notebook autograding and reruns
 
     @property
     def dirname(self) -> str:
@@ -33,6 +34,14 @@ def available() -> list[str]:
     return sorted(p.name.removeprefix("lesson_") for p in GRADERS_DIR.glob("lesson_[0-9][0-9]") if p.is_dir())
 
 
+def normalise(number: str) -> str:
+    """ "3", "03" or "lesson_03" -> "03"."""
+    digits = re.fullmatch(r"(?:lesson_)?(\d{1,2})", str(number).strip())
+    if not digits:
+        raise GradingSetupError(f"not a lesson number: {number!r} (use e.g. 03)")
+    return digits.group(1).zfill(2)
+
+
 def load(number: str) -> Lesson:
     """The lesson ``number`` ("3", "03" or "lesson_03")."""
     digits = re.fullmatch(r"(?:lesson_)?(\d{1,2})", str(number).strip())
@@ -40,7 +49,9 @@ def load(number: str) -> Lesson:
         raise GradingSetupError(f"unknown lesson {number!r}: choose one of {', '.join(available()) or 'none'}")
     nn = digits.group(1).zfill(2)
     spec = importlib.import_module(f"graders.lesson_{nn}")
-    return Lesson(number=nn, title=spec.TITLE, modules=tuple(spec.MODULES))
+    return Lesson(number=nn, title=spec.TITLE, modules=tuple(spec.MODULES), lab_modules=tuple(getattr(spec, "LAB_MODULES", ())))
+
+
 
 
 def find_lesson_dir(submission: Path, lesson: Lesson) -> Path:

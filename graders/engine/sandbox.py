@@ -69,7 +69,7 @@ class Protections:
 
 
 @functools.cache
-def _namespaces_available() -> bool:
+def namespaces_available() -> bool:
     """True when we are root and util-linux ``unshare`` can make the namespaces we need."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         return False
@@ -119,6 +119,7 @@ class Worker:
     memory_bytes: int | None = 6 << 30
     hide: tuple[Path, ...] = ()
     cuda: bool = False
+    trusted_trees: tuple[Path, ...] = ()  # our own packages the student code may import (e.g. labkit)
     protections: Protections = field(default_factory=Protections)
     max_timeouts: int = 3
     starts: int = 0
@@ -147,6 +148,8 @@ class Worker:
                 shutil.copyfile(src, folder / src.name)
                 os.chmod(folder / src.name, 0o644)
         shutil.copyfile(ENGINE_DIR / "worker_main.py", folder / "_llmg_worker.py")
+        for tree in self.trusted_trees:
+            shutil.copytree(tree, folder / tree.name, ignore=shutil.ignore_patterns("__pycache__"))
         for sub in ("home", "tmp"):
             (folder / sub).mkdir()
         (folder / "venv").mkdir()
@@ -186,7 +189,7 @@ class Worker:
         log = open(self._log, "wb")
         venv = _venv_root()
         python = Path(sys.executable)
-        if _namespaces_available() and self._launch_failure is None:
+        if namespaces_available() and self._launch_failure is None:
             drop = venv is not None and _readable_by_others(venv / "bin" / "python")
             if drop:
                 python_in = folder / "venv" / "bin" / python.name

@@ -1,4 +1,4 @@
-"""One source of truth: generate exercises/ stubs from solutions_private/.
+"""One source of truth: generate exercises/ stubs and lab notebooks from solutions_private/.
 
 Solution regions use nbgrader's convention (``# BEGIN SOLUTION`` / ``# END SOLUTION``)
 and nbgrader's own ``ClearSolutions`` replaces them, so notebooks and ``.py`` files
@@ -93,24 +93,32 @@ def generate_py(source: str, path: Path, lesson: str, lesson_md: Path) -> str:
     return HEADER + "\n".join(out)
 
 
-def planned(root: Path) -> dict[Path, str]:
-    """Every generated exercises/ file and its expected contents."""
+def planned(root: Path, only: str | None = None) -> dict[Path, str]:
+    """Every generated exercises/ file and its expected contents (``only``: one lesson, e.g. "03")."""
     files: dict[Path, str] = {}
     for lesson_dir in sorted((root / "solutions_private").glob("lesson_[0-9][0-9]")):
         lesson = lesson_dir.name.removeprefix("lesson_")
+        if only is not None and lesson != only:
+            continue
         lesson_md = root / "lessons" / f"lesson_{lesson}.md"
         for src in sorted(lesson_dir.glob("*.py")):
             if src.name.startswith("test_") or src.name == "conftest.py":
                 raise SyncError(f"{src}: visible tests live in exercises/ only, not in solutions_private/")
             rel = Path("exercises") / lesson_dir.name / src.name
             files[rel] = generate_py(src.read_text(encoding="utf-8"), src, lesson, lesson_md)
+    from graders.engine.labs import LabError, student_notebooks
+
+    try:
+        files.update(student_notebooks(root, only))  # lab notebooks, as nbgrader generate_assignment releases them
+    except LabError as exc:
+        raise SyncError(str(exc)) from None
     return files
 
 
-def check(root: Path) -> list[Drift]:
+def check(root: Path, only: str | None = None) -> list[Drift]:
     """Differences between exercises/ and what ``sync`` would write."""
     drifts = []
-    for rel, want in planned(root).items():
+    for rel, want in planned(root, only).items():
         path = root / rel
         have = path.read_text(encoding="utf-8") if path.exists() else ""
         if have != want:
@@ -121,10 +129,10 @@ def check(root: Path) -> list[Drift]:
     return drifts
 
 
-def write(root: Path) -> list[Path]:
+def write(root: Path, only: str | None = None) -> list[Path]:
     """Write every stub whose contents changed; return the paths written."""
     written = []
-    for rel, want in planned(root).items():
+    for rel, want in planned(root, only).items():
         path = root / rel
         if not path.exists() or path.read_text(encoding="utf-8") != want:
             path.parent.mkdir(parents=True, exist_ok=True)

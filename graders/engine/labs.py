@@ -1,0 +1,203 @@
+"""Lab notebooks through real nbgrader: student versions, and sandboxed autograding.
+
+The source notebooks (nbgrader cell metadata, ``### BEGIN SOLUTION`` and ``### BEGIN
+HIDDEN TESTS`` regions) live in ``solutions_private/lesson_NN/``. The nbgrader course
+directory and its config are generated here, never kept by hand:
+
+- ``generate``: ``nbgrader generate_assignment`` in a throw-away course; its release
+  notebooks become ``exercises/lesson_NN/*.ipynb`` (``llm-grade sync`` writes them and
+  ``sync --check`` covers them).
+- ``autograde``: a fresh course per submission under ``OUT/nbgrader/`` with a real
+  SQLite gradebook; ``nbgrader autograde`` runs as the grader inside an empty network
+  namespace with loopback up (the kernel talks to nbgrader over 127.0.0.1), and the
+  kernel that runs student code is started through a sandboxing kernelspec: hidden
+  instructor tree, uid 65534. A fresh gradebook per run means a failed run can never
+  leave a stale score. Manual cells stay ungraded for nbgrader's formgrader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+COURSE_ID = "llm-course"
+STUDENT = "student"
+AUTOGRADE_TIMEOUT = 600
+ENGINE_DIR = Path(__file__).resolve().parent
+
+
+class LabError(Exception):
+    """A notebook could not be generated or graded for a reason the grader owns."""
+
+
+def source_notebooks(root: Path, lesson: str) -> list[Path]:
+    return sorted((root / "solutions_private" / f"lesson_{lesson}").glob("*.ipynb"))
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "PYTHON"))}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"  # nbgrader calls `alembic`
+    return env
+
+
+def _nbgrader(course: Path, *args: str, env: dict | None = None, wrap: list[str] | None = None, timeout: float = 300):
+    cmd = [*(wrap or []), sys.executable, "-m", "nbgrader", *args, "--force"]
+    return subprocess.run(cmd, cwd=course, env=env or _env(), capture_output=True, text=True, timeout=timeout)
+
+
+def make_course(course: Path, root: Path, lesson: str) -> list[Path]:
+    """A fresh nbgrader course with lesson NN's source notebooks, assignment generated."""
+    if course.exists():
+        shutil.rmtree(course)
+    (course / "source" / f"lesson_{lesson}").mkdir(parents=True)
+    (course / "nbgrader_config.py").write_text(
+        "c = get_config()\n"
+        f"c.CourseDirectory.root = {str(course)!r}\n"
+        f"c.CourseDirectory.course_id = {COURSE_ID!r}\n"
+        f"c.ExecutePreprocessor.timeout = {AUTOGRADE_TIMEOUT}\n"
+        "c.ClearSolutions.code_stub = {'python': '# YOUR CODE HERE\\nraise NotImplementedError()'}\n"
+    )
+    notebooks = source_notebooks(root, lesson)
+    for nb in notebooks:
+        shutil.copy(nb, course / "source" / f"lesson_{lesson}" / nb.name)
+    if notebooks:
+        proc = _nbgrader(course, "generate_assignment", f"lesson_{lesson}")
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            raise LabError(f"nbgrader generate_assignment failed for lesson {lesson}: {' | '.join(tail)}")
+    return notebooks
+
+
+def student_notebooks(root: Path, only: str | None = None) -> dict[Path, str]:
+    """exercises/lesson_NN/<name>.ipynb -> contents, as nbgrader releases them."""
+    files: dict[Path, str] = {}
+    for lesson_dir in sorted((root / "solutions_private").glob("lesson_[0-9][0-9]")):
+        lesson = lesson_dir.name.removeprefix("lesson_")
+        if (only is not None and lesson != only) or not source_notebooks(root, lesson):
+            continue
+        with tempfile.TemporaryDirectory(prefix="llmg-nbgen-") as tmp:
+            course = Path(tmp) / "course"
+            for nb in make_course(course, root, lesson):
+                released = course / "release" / f"lesson_{lesson}" / nb.name
+                files[Path("exercises") / lesson_dir.name / nb.name] = released.read_text(encoding="utf-8")
+    return files
+
+
+@dataclass
+class NotebookGrade:
+    notebook: str
+    score: float
+    max_score: float  # autograded cells only
+    manual_max: float  # points waiting for the instructor in formgrader
+    cells: list[dict]
+    problem: str | None = None
+
+
+def _kernelspec(course: Path, sandbox: bool, hide: list[str]) -> Path:
+    """A `python3` kernelspec that starts the kernel through the sandbox (see kernel_launch.py)."""
+    spec_dir = course / ".jupyter" / "kernels" / "python3"
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-I", str(ENGINE_DIR / "kernel_launch.py"), "{connection_file}"]
+    if not sandbox:
+        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    spec = {"argv": argv, "display_name": "Python 3 (sandboxed)", "language": "python"}
+    if sandbox:
+        spec["env"] = {"LLMG_KERNEL_HIDE": json.dumps(hide)}
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    return spec_dir.parent.parent
+
+
+def autograde(root: Path, lesson: str, submission_lesson_dir: Path, modules: tuple[str, ...], out_dir: Path,
+              hide: tuple[Path, ...] = ()) -> tuple[list[NotebookGrade], str]:
+    """Autograde every lab notebook of ``lesson`` in the submission; (grades, sandbox note).
+
+    The course is built in a temporary folder (the output folder may sit inside the
+    instructor's tree, which the kernel must not see) and copied to ``OUT/nbgrader/``
+    afterwards, gradebook included, for the formgrader.
+    """
+    from graders.engine import sandbox
+
+    with tempfile.TemporaryDirectory(prefix="llmg-nbcourse-") as tmp:
+        os.chmod(tmp, 0o755)  # the kernel (uid 65534) must reach its notebook folder
+        course = Path(tmp) / "course"
+        notebooks = make_course(course, root, lesson)  # fresh gradebook: no stale score survives
+        if not notebooks:
+            return [], "no lab notebooks for this lesson"
+        submitted = course / "submitted" / STUDENT / f"lesson_{lesson}"
+        submitted.mkdir(parents=True)
+        missing = []
+        for nb in notebooks:
+            src = submission_lesson_dir / nb.name
+            if src.is_file() and not src.is_symlink():
+                shutil.copy(src, submitted / nb.name)
+            else:
+                missing.append(nb.name)
+        for stem in modules:  # the notebook imports the lesson's modules and lab files from its folder
+            src = submission_lesson_dir / f"{stem}.py"
+            if src.is_file() and not src.is_symlink():
+                shutil.copy(src, submitted / src.name)
+        shutil.copytree(sandbox.REPO_ROOT / "labkit", submitted / "labkit", ignore=shutil.ignore_patterns("__pycache__"))
+        strong = sandbox.namespaces_available()
+        # The kernel sees its own notebook folder, never the sources, hidden tests or gradebook.
+        hidden = [str(p) for p in (sandbox.REPO_ROOT, *hide)]
+        hidden += [str(course / n) for n in ("source", "release", "gradebook.db", "nbgrader_config.py", ".runtime")]
+        env = _env()
+        env["JUPYTER_PATH"] = str(_kernelspec(course, strong, hidden))
+        env["JUPYTER_RUNTIME_DIR"] = str(course / ".runtime")
+        env["HOME"] = str(course / ".home")
+        for d in (course / ".runtime", course / ".home"):
+            d.mkdir(exist_ok=True)
+        wrap, note = None, "notebook kernel: not sandboxed (grader is not root or unshare is unavailable)"
+        if strong:
+            # nbgrader (trusted) in an empty network namespace with loopback up; the kernel drops privileges.
+            wrap = ["unshare", "--net", "--fork", "--kill-child", sys.executable, "-I", str(ENGINE_DIR / "lo_up.py")]
+            note = "notebook kernel: empty network namespace (loopback up), instructor tree and gradebook hidden, uid 65534"
+        problem = None
+        if len(missing) < len(notebooks):
+            proc = _nbgrader(course, "autograde", f"lesson_{lesson}", "--student", STUDENT, env=env, wrap=wrap,
+                             timeout=AUTOGRADE_TIMEOUT)
+            (course / "autograde.log").write_text(proc.stdout + proc.stderr)
+            if proc.returncode != 0:
+                problem = f"nbgrader autograde failed (see {out_dir / 'nbgrader' / 'autograde.log'})"
+        grades = [_read_grade(course, lesson, nb.name, nb.name in missing, problem) for nb in notebooks]
+        dest = out_dir / "nbgrader"
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(course, dest, ignore=shutil.ignore_patterns(".runtime", ".home", ".jupyter", "labkit", "__pycache__"))
+    return grades, note
+
+
+def _read_grade(course: Path, lesson: str, name: str, missing: bool, problem: str | None) -> NotebookGrade:
+    from nbgrader.api import Gradebook, MissingEntry
+
+    stem = name.removesuffix(".ipynb")
+    autograded = course / "autograded" / STUDENT / f"lesson_{lesson}" / name
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}", COURSE_ID) as gb:
+        nb_def = gb.find_notebook(stem, f"lesson_{lesson}")
+        cells, score, max_score, manual_max = [], 0.0, 0.0, 0.0
+        why = "notebook missing from the submission" if missing else problem
+        if why is None and not autograded.exists():
+            why = "nbgrader produced no autograded notebook"
+        for cell in nb_def.grade_cells:
+            auto = cell.cell_type == "code"
+            if not auto:
+                manual_max += cell.max_score
+                cells.append({"cell": cell.name, "max_score": cell.max_score, "score": None, "manual": True})
+                continue
+            max_score += cell.max_score
+            got = 0.0
+            if why is None:
+                try:
+                    grade = gb.find_grade(cell.name, stem, f"lesson_{lesson}", STUDENT)
+                    got = float(grade.score or 0.0)
+                except MissingEntry:
+                    got = 0.0
+            score += got
+            cells.append({"cell": cell.name, "max_score": cell.max_score, "score": got, "manual": False})
+    return NotebookGrade(name, score, max_score, manual_max, cells, why)

@@ -1,0 +1,335 @@
+"""The course rubric, scored: five criteria, weights per lesson in ``graders/lesson_NN/rubric.toml``.
+
+Automatic parts: implementation (hidden graders + nbgrader autograded cells),
+measurement quality (a baseline and more than one run or seed), reproducibility (run
+artifacts present and consistent, and a *rerun* of the logged run in the sandbox whose
+summary must match) and reflection (notes.md has the five lab-workflow sections with
+real content). Conceptual clarity comes from the notebook cells an instructor grades
+in nbgrader's formgrader; until then it is reported as pending, never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from graders.engine import labs, lessons, results
+from graders.engine.sandbox import REPO_ROOT, StudentError, Worker, WorkerDied
+
+CRITERIA = ("conceptual_clarity", "implementation", "measurement_quality", "reproducibility", "reflection")
+# The five sections of the lab workflow (CURRICULUM.md), matched in notes.md headings.
+SECTIONS = {
+    "expected": r"expect",
+    "happened": r"happen",
+    "surprised": r"surpris",
+    "next": r"next",
+    "believe": r"believe|evidence",
+}
+PLACEHOLDER = re.compile(r"^\s*(todo|tbd|fill me|lorem ipsum|\.\.\.|-|n/a)\s*$", re.I)
+TIME_KEY = re.compile(r"(_ms|_s|_seconds)$")
+
+
+@dataclass
+class Criterion:
+    name: str
+    max: float
+    score: float | None = 0.0  # None: waiting for the instructor
+    found: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+
+
+def load_config(path: Path) -> dict:
+    """A lesson's rubric.toml, checked: one-line errors for a missing or malformed file."""
+    if not path.exists():
+        raise lessons.GradingSetupError(f"no rubric config at {path}")
+    try:
+        cfg = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise lessons.GradingSetupError(f"{path} is not valid TOML: {exc}") from None
+    weights = cfg.get("weights", {})
+    if set(weights) != set(CRITERIA) or not all(isinstance(w, int | float) and w >= 0 for w in weights.values()):
+        raise lessons.GradingSetupError(f"{path}: [weights] must give a number >= 0 for each of {', '.join(CRITERIA)}")
+    return cfg
+
+
+# ---------------------------------------------------------------------------- runs
+def find_runs(project: Path, lesson: lessons.Lesson) -> tuple[list[dict], list[str]]:
+    """The lesson's labkit runs under PROJECT/runs (and the lesson folder's runs/), and problems found."""
+    runs, problems = [], []
+    lesson_dir = f"lesson_{lesson.number}/"
+    roots = [project / "runs", project / "exercises" / lesson.dirname / "runs"]
+    for run_dir in sorted(p for root in roots if root.is_dir() for p in root.iterdir() if p.is_dir()):
+        config_path = run_dir / "config.json"
+        if not config_path.exists():
+            problems.append(f"{run_dir.name}: no config.json (not a labkit run)")
+            continue
+        try:
+            config = json.loads(config_path.read_text())
+        except json.JSONDecodeError:
+            problems.append(f"{run_dir.name}: config.json is not valid JSON")
+            continue
+        if lesson_dir not in str(config.get("entrypoint") or "") and lesson_dir.rstrip("/") not in str(run_dir):
+            continue  # another lesson's run
+        runs.append(_read_run(run_dir, config, problems))
+    return runs, problems
+
+
+def _read_run(run_dir: Path, config: dict, problems: list[str]) -> dict:
+    run = {"dir": run_dir, "name": run_dir.name, "config": config, "env": None, "metrics": [], "summary": None, "ok": True}
+    for name, key in (("env.json", "env"), ("summary.json", "summary")):
+        try:
+            run[key] = json.loads((run_dir / name).read_text())
+        except (OSError, json.JSONDecodeError):
+            problems.append(f"{run_dir.name}: {name} missing or unreadable")
+            run["ok"] = False
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        run["metrics"] = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, json.JSONDecodeError):
+        problems.append(f"{run_dir.name}: metrics.jsonl missing or not JSON lines")
+        run["ok"] = False
+    if run["ok"] and not run["metrics"]:
+        problems.append(f"{run_dir.name}: no metrics logged")
+        run["ok"] = False
+    seeds = config.get("seeds")
+    if not (isinstance(seeds, list) and seeds and all(type(s) is int for s in seeds)):
+        problems.append(f"{run_dir.name}: config.json records no integer seeds")
+        run["ok"] = False
+    env = run["env"] or {}
+    if run["env"] is not None and not (env.get("python") and env.get("packages", {}).get("torch") and env.get("device")):
+        problems.append(f"{run_dir.name}: env.json lacks python, torch version or device")
+        run["ok"] = False
+    summary = run["summary"] or {}
+    logged = {k: v for row in run["metrics"] for k, v in row.items()}
+    inconsistent = [k for k, v in summary.items() if k not in logged or not _close(v, logged_values(run, k), 1e-9)]
+    if inconsistent:
+        problems.append(f"{run_dir.name}: summary values not found in metrics.jsonl: {', '.join(inconsistent[:4])}")
+        run["ok"] = False
+    artifacts = run_dir / "artifacts"
+    run["artifacts"] = sorted(p.name for p in artifacts.rglob("*") if p.is_file()) if artifacts.is_dir() else []
+    return run
+
+
+def logged_values(run: dict, key: str) -> list:
+    return [row[key] for row in run["metrics"] if key in row]
+
+
+def _close(value: object, candidates: object, rtol: float) -> bool:
+    options = candidates if isinstance(candidates, list) else [candidates]
+    for c in options:
+        if isinstance(value, int | float) and isinstance(c, int | float):
+            if math.isclose(value, c, rel_tol=rtol, abs_tol=1e-12):
+                return True
+        elif value == c:
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------------- criteria
+def implementation(crit: Criterion, res: dict, notebooks: list[labs.NotebookGrade], share: float) -> None:
+    hidden = res["score"] / res["max_score"] if res["max_score"] else 0.0
+    crit.found.append(f"hidden graders: {res['score']:g}/{res['max_score']:g}")
+    crit.lost += [f"hidden test failed: {t['name']}" for t in res["tests"] if t["score"] < t["max_score"]][:8]
+    auto_max = sum(nb.max_score for nb in notebooks)
+    if auto_max:
+        auto = sum(nb.score for nb in notebooks)
+        crit.found.append(f"notebook autograded cells: {auto:g}/{auto_max:g}")
+        for nb in notebooks:
+            if nb.problem:
+                crit.lost.append(f"{nb.notebook}: {nb.problem}")
+            crit.lost += [f"{nb.notebook}: cell {c['cell']} failed" for c in nb.cells if not c["manual"] and c["score"] < c["max_score"]]
+        crit.score = crit.max * (share * hidden + (1 - share) * auto / auto_max)
+    else:
+        crit.score = crit.max * hidden
+
+
+def measurement_quality(crit: Criterion, runs: list[dict], cfg: dict) -> None:
+    word = cfg.get("baseline_word", "baseline")
+    good = [r for r in runs if r["ok"]]
+    keys = {k for r in good for row in r["metrics"] for k in row} | {k for r in good for k in r["config"].get("config", {})}
+    has_baseline = any(word in k for k in keys)
+    seeds = {(s) for r in good for s in r["config"].get("seeds", [])}
+    count = max(len(good), len(seeds))
+    need = int(cfg.get("min_runs", 2))
+    parts = 0.0
+    if has_baseline:
+        crit.found.append(f"a baseline is logged ({sorted(k for k in keys if word in k)[:3]})")
+        parts += 0.5
+    else:
+        crit.lost.append(f"no baseline: log a metric or config key containing '{word}' next to your own numbers")
+    if count >= need:
+        crit.found.append(f"{len(good)} complete run(s), {len(seeds)} distinct seed(s)")
+        parts += 0.5
+    else:
+        crit.lost.append(f"only {count} complete run(s)/seed(s): log at least {need} to see the spread")
+    crit.score = crit.max * parts
+
+
+def reproducibility(crit: Criterion, runs: list[dict], problems: list[str], cfg: dict, rerun: dict | None) -> None:
+    if not runs:
+        crit.lost.append("no labkit runs for this lesson under runs/: run the lab experiment")
+        crit.score = 0.0
+        return
+    complete = [r for r in runs if r["ok"]]
+    crit.found.append(f"{len(complete)}/{len(runs)} run folder(s) complete (config, seeds, env, metrics, consistent summary)")
+    crit.lost += problems[:8]
+    artifact_words = cfg.get("required_artifacts", [])
+    names = [a for r in runs for a in r["artifacts"]]
+    missing = [w for w in artifact_words if not any(w in n for n in names)]
+    crit.lost += [f"no artifact named like '{w}' in any run" for w in missing]
+    artifacts_ok = 1.0 - (len(missing) / len(artifact_words) if artifact_words else 0.0)
+    if rerun is None:
+        rerun_ok = 0.0
+    elif rerun["ok"]:
+        rerun_ok = 1.0
+        crit.found.append(f"rerun of {rerun['run']} matched its summary ({rerun['seconds']:.1f} s)")
+    else:
+        rerun_ok = 0.0
+        crit.lost.append(f"rerun of {rerun['run']}: {rerun['why']}")
+    crit.score = crit.max * (0.4 * len(complete) / len(runs) + 0.2 * artifacts_ok + 0.4 * rerun_ok)
+
+
+def reflection(crit: Criterion, project: Path, cfg: dict) -> None:
+    path = project / cfg.get("notes", "notes.md")
+    if not path.exists():
+        crit.lost.append(f"{path.relative_to(project)} is missing")
+        crit.score = 0.0
+        return
+    sections: dict[str, str] = {}
+    current = None
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.lstrip().startswith("#"):
+            heading = line.lower()
+            current = next((k for k, pat in SECTIONS.items() if re.search(pat, heading) and k not in sections), None)
+            if current:
+                sections[current] = ""
+        elif current:
+            sections[current] += line + "\n"
+    need = int(cfg.get("min_words", 25))
+    texts, good = set(), 0
+    for key in SECTIONS:
+        text = sections.get(key)
+        if text is None:
+            crit.lost.append(f"notes.md has no section on '{key}' (a heading with that word)")
+            continue
+        words = len(text.split())
+        if PLACEHOLDER.match(text) or words < need or text.strip() in texts:
+            crit.lost.append(f"notes.md section '{key}' has {words} words (need {need}, no placeholders or copies)")
+            continue
+        texts.add(text.strip())
+        good += 1
+    crit.found.append(f"notes.md: {good}/{len(SECTIONS)} sections with real content")
+    crit.score = crit.max * good / len(SECTIONS)
+
+
+def conceptual_clarity(crit: Criterion, notebooks: list[labs.NotebookGrade]) -> None:
+    manual = sum(nb.manual_max for nb in notebooks)
+    crit.score = None
+    crit.found.append(
+        f"{manual:g} notebook point(s) await manual grading in nbgrader's formgrader (OUT/nbgrader)"
+        if manual else "no manually graded cells: grade from notes.md by hand"
+    )
+
+
+# ---------------------------------------------------------------------------- rerun
+def rerun_latest(lesson: lessons.Lesson, lesson_dir: Path, runs: list[dict], cfg: dict, hide: tuple[Path, ...]) -> dict | None:
+    """Re-execute the newest complete run from its config.json in the sandbox; compare summaries."""
+    import time
+
+    candidates = [r for r in runs if r["ok"] and r["summary"] and r["config"].get("entrypoint")]
+    if not candidates:
+        return None
+    run = candidates[-1]
+    entry, _, function = str(run["config"]["entrypoint"]).rpartition(":")
+    stem = Path(entry).stem
+    if stem not in lesson.lab_modules + lesson.modules:
+        return {"run": run["name"], "ok": False, "why": f"entrypoint {entry} is not one of the lesson's lab files", "seconds": 0.0}
+    t0 = time.perf_counter()
+    modules = tuple(dict.fromkeys(lesson.modules + lesson.lab_modules))
+    with Worker(lesson_dir, modules, timeout=float(cfg.get("rerun_timeout", 300)), hide=hide,
+                trusted_trees=(REPO_ROOT / "labkit",)) as worker:
+        try:
+            args = (f"{stem}.py", function, run["config"].get("config", {}), run["config"]["seeds"][0])
+            summary = worker.call("labkit.runlog", "rerun", args)
+        except (StudentError, WorkerDied) as exc:
+            return {"run": run["name"], "ok": False, "why": f"the rerun failed: {exc}"[:300], "seconds": time.perf_counter() - t0}
+    seconds = time.perf_counter() - t0
+    if type(summary) is not dict:
+        return {"run": run["name"], "ok": False, "why": "the rerun returned no summary", "seconds": seconds}
+    rtol, factor = float(cfg.get("rerun_rtol", 1e-4)), float(cfg.get("rerun_time_factor", 0.0))
+    diffs = []
+    for key, logged in run["summary"].items():
+        new = summary.get(key)
+        if TIME_KEY.search(key) and isinstance(logged, int | float):
+            # Timings depend on the machine and its load: present and positive, and within
+            # `factor` of the logged value only when a factor is configured.
+            ok = isinstance(new, int | float) and new > 0 and (not factor or 1 / factor <= new / max(logged, 1e-12) <= factor)
+        else:
+            ok = _close(logged, new, rtol)
+        if not ok:
+            diffs.append(f"{key}: logged {logged!r}, rerun {new!r}")
+    if diffs:
+        return {"run": run["name"], "ok": False, "why": "; ".join(diffs[:4]), "seconds": seconds}
+    return {"run": run["name"], "ok": True, "why": "", "seconds": seconds}
+
+
+# ---------------------------------------------------------------------------- entry point
+def score(lesson: lessons.Lesson, submission: Path, out_dir: Path, *, hide: tuple[Path, ...] = ()) -> dict:
+    """Score the rubric for one submission; write OUT/rubric.json and OUT/rubric.md."""
+    from graders.engine.run import grade
+
+    cfg = load_config(lesson.graders_dir / "rubric.toml")
+    submission = submission.resolve()
+    lesson_dir = lessons.find_lesson_dir(submission, lesson)
+    project = submission if (submission / "exercises").is_dir() else lesson_dir.parent
+    out_dir = out_dir.resolve()
+    results_path = out_dir / "results.json"
+    res = json.loads(results_path.read_text()) if results_path.exists() else grade(lesson, submission, out_dir, hide=hide)
+    notebooks, nb_note = labs.autograde(REPO_ROOT, lesson.number, lesson_dir, lesson.modules + lesson.lab_modules,
+                                        out_dir, hide=(*hide, submission))
+    runs, problems = find_runs(project, lesson)
+    rerun = rerun_latest(lesson, lesson_dir, runs, cfg.get("reproducibility", {}), (*hide, out_dir, submission))
+
+    crits = {name: Criterion(name, float(cfg["weights"][name])) for name in CRITERIA}
+    implementation(crits["implementation"], res, notebooks, float(cfg.get("implementation", {}).get("hidden_tests_share", 0.75)))
+    measurement_quality(crits["measurement_quality"], runs, cfg.get("measurement_quality", {}))
+    reproducibility(crits["reproducibility"], runs, problems, cfg.get("reproducibility", {}), rerun)
+    reflection(crits["reflection"], project, cfg.get("reflection", {}))
+    conceptual_clarity(crits["conceptual_clarity"], notebooks)
+    for nb in notebooks:
+        if nb.problem and nb.problem.startswith("notebook missing"):
+            crits["conceptual_clarity"].lost.append(f"{nb.notebook} is missing from the submission")
+
+    automatic = [c for c in crits.values() if c.score is not None]
+    report = {
+        "lesson": lesson.number,
+        "submission": str(submission),
+        "score": round(sum(c.score for c in automatic), 2),
+        "max_score": round(sum(c.max for c in crits.values()), 2),
+        "automatic_max": round(sum(c.max for c in automatic), 2),
+        "pending_manual": [c.name for c in crits.values() if c.score is None],
+        "criteria": {c.name: {**asdict(c), "score": None if c.score is None else round(c.score, 2)} for c in crits.values()},
+        "notebook_sandbox": nb_note,
+        "rerun": None if rerun is None else {k: v for k, v in rerun.items() if k != "seconds"} | {"seconds": round(rerun["seconds"], 2)},
+    }
+    results.write_atomic(out_dir / "rubric.json", json.dumps(report, indent=2) + "\n")
+    results.write_atomic(out_dir / "rubric.md", render(report))
+    return report
+
+
+def render(report: dict) -> str:
+    lines = [f"# Rubric, lesson {report['lesson']}", "",
+             f"Automatic score: {report['score']:g} / {report['automatic_max']:g} "
+             f"(of {report['max_score']:g}; pending manual: {', '.join(report['pending_manual']) or 'none'})", ""]
+    for c in report["criteria"].values():
+        got = "pending (manual)" if c["score"] is None else f"{c['score']:g} / {c['max']:g}"
+        lines.append(f"## {c['name'].replace('_', ' ')}: {got}")
+        lines += [f"- found: {f}" for f in c["found"]]
+        lines += [f"- lost: {f}" for f in c["lost"]]
+        lines.append("")
+    lines.append(report["notebook_sandbox"])
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,17 @@
+"""labkit: the small, provided toolkit for lab experiments (not a TODO).
+
+    from labkit import start_run, progress
+
+    run = start_run("attention-timing", config={"seq_len": 128}, seeds=[0])
+    for step in progress(range(100), desc="timing"):
+        run.log(step=step, ms=...)
+    run.finish()
+
+Everything lands under ``runs/<run_id>/``: config.json (config, seeds, entrypoint),
+env.json (python, packages, device, git commit), metrics.jsonl, artifacts/ and
+summary.json. The rubric reads these files and re-runs the experiment from them.
+"""
+
+from labkit.runlog import Run, load_run, progress, rerun, start_run
+
+__all__ = ["Run", "load_run", "progress", "rerun", "start_run"]
