@@ -64,7 +64,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords and not cuda:
             item.add_marker(pytest.mark.skip(reason="needs CUDA; this machine has none (not counted)"))
-    _events(config).write(event="collected", tests=[_describe(i) for i in items])
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # After -k/-m deselection: only the tests that will run are owed a verdict.
+    _events(session.config).write(event="collected", tests=[_describe(i) for i in session.items])
 
 
 _PREFIXES = {

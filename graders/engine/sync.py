@@ -35,11 +35,15 @@ class Drift:
 
 
 def _section_for(function: str, lesson_md: Path) -> str:
+    """The heading naming ``Class.method`` (or, failing that, ``method`` or ``Class``) in backticks."""
     if not lesson_md.exists():
         raise SyncError(f"{lesson_md} is missing: write the lesson text before generating its stubs")
-    for line in lesson_md.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#") and f"`{function}`" in line:
-            return line.lstrip("#").strip()
+    headings = [line for line in lesson_md.read_text(encoding="utf-8").splitlines() if line.startswith("#")]
+    parts = function.split(".")
+    for name in dict.fromkeys([function, parts[-1], parts[0]]):
+        for line in headings:
+            if f"`{name}`" in line:
+                return line.lstrip("#").strip()
     raise SyncError(f"{lesson_md} has no heading naming `{function}`: add one so the stub can point to it")
 
 
@@ -49,11 +53,17 @@ def _enclosing_functions(source: str, path: Path) -> list[str]:
         tree = ast.parse(source)
     except SyntaxError as exc:
         raise SyncError(f"{path}: not valid Python ({exc.msg}, line {exc.lineno})") from None
-    spans = [
-        (node.lineno, node.end_lineno or node.lineno, node.name)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-    ]
+    spans = []  # (first line, last line, qualified name such as "Embeddings.forward")
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                name = f"{prefix}{child.name}"
+                if not isinstance(child, ast.ClassDef):
+                    spans.append((child.lineno, child.end_lineno or child.lineno, name))
+                visit(child, f"{name}.")
+
+    visit(tree, "")
     names = []
     for number, line in enumerate(source.splitlines(), start=1):
         if BEGIN in line:
