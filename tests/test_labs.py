@@ -15,7 +15,7 @@ from graders.engine import labs
 from tests.conftest import REPO
 
 SOURCE = REPO / "solutions_private" / "lesson_03"
-NOTEBOOK = "lab_attention_playground.ipynb"
+NOTEBOOK = "01_attention_playground.ipynb"
 MODULES = ("attention", "lab_experiment")
 
 

@@ -52,7 +52,7 @@ def test_complete_submission_scores_every_automatic_criterion(full_report):
 
 def test_missing_pieces_lose_points_with_reasons(tmp_path: Path):
     root = student_repo(tmp_path / "student", runs=False, notes="# notes\n## What I expected\nTODO\n")
-    (root / "exercises" / "lesson_03" / "lab_attention_playground.ipynb").unlink()
+    (root / "exercises" / "lesson_03" / "01_attention_playground.ipynb").unlink()
     report = rubric.score(lessons.load("03"), root, tmp_path / "out")
     c = report["criteria"]
     assert c["reproducibility"]["score"] == 0 and "no labkit runs" in c["reproducibility"]["lost"][0]
