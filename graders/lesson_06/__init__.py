@@ -1,0 +1,4 @@
+"""Lesson 06 hidden graders: rotary position embeddings (RoPE)."""
+
+TITLE = "Position encodings: RoPE"
+MODULES = ("rope",)  # the only student files copied into the sandbox
