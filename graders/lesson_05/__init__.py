@@ -1,0 +1,4 @@
+"""Lesson 05 hidden graders: GPTMini (forward, loss, generate, micro overfit)."""
+
+TITLE = "GPTMini"
+MODULES = ("gpt", "blocks")  # the only student files copied into the sandbox (gpt.py imports blocks.py)
