@@ -15,8 +15,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from attention import causal_mask, scaled_dot_product_attention
+
 from labkit import progress, start_run
 
 DEFAULT_CONFIG = {
@@ -58,7 +58,7 @@ def main(config: dict | None = None, seed: int = 0):
         q, k, v = (torch.randn(*shape, generator=g) for _ in range(3))
         mask = causal_mask(t)
         mine = median_ms(scaled_dot_product_attention, q, k, v, mask, repeats=config["repeats"])
-        base = median_ms(lambda *a: F.scaled_dot_product_attention(*a, attn_mask=mask), q, k, v, repeats=config["repeats"])
+        base = median_ms(lambda *a, m=mask: F.scaled_dot_product_attention(*a, attn_mask=m), q, k, v, repeats=config["repeats"])
         run.log(kind="timing", seq_len=t, mine_ms=mine, baseline_ms=base, flops_log2=math.log2(2 * 2 * shape[0] * shape[1] * t * t * shape[3]))
     run.finish(entropy_unmasked=entropy(w_full), entropy_masked=entropy(w_causal), mine_ms=mine, baseline_ms=base)
     return run

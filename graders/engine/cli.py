@@ -1,12 +1,13 @@
-"""``llm-grade``: grade submissions and keep exercises/ in sync with solutions_private/."""
+"""``llm-grade``: grade submissions (one or a class), keep exercises/ in sync, export to Gradescope, release."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
-from graders.engine import lessons, sync
+from graders.engine import gradescope, lessons, release, sync
 from graders.engine.sandbox import REPO_ROOT
 
 
@@ -39,8 +40,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_sync(args: argparse.Namespace) -> int:
     root = Path(args.root)
+    only = lessons.normalise(args.lesson) if args.lesson else None
     if args.check:
-        drifts = sync.check(root)
+        drifts = sync.check(root, only)
         for d in drifts:
             print(d.diff or f"{d.path}: differs")
         if drifts:
@@ -48,10 +50,49 @@ def _cmd_sync(args: argparse.Namespace) -> int:
             return 1
         print("exercises/ is in sync with solutions_private/")
         return 0
-    written = sync.write(root)
+    written = sync.write(root, only)
     for path in written:
         print(f"wrote {path}")
     print(f"{len(written)} file(s) written" if written else "exercises/ already in sync")
+    return 0
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from graders.engine import batch
+
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    rows = batch.run_batch(
+        lessons.load(args.lesson), Path(args.submissions), out, jobs=args.jobs, force=args.force, call_timeout=args.call_timeout
+    )
+    graded = [r for r in rows if r.status == "graded"]
+    reused = sum(r.skipped for r in rows)
+    print(f"{len(rows)} student(s): {len(graded)} graded ({reused} from earlier runs), {len(rows) - len(graded)} not graded")
+    for r in rows:
+        if r.status != "graded":
+            print(f"  not graded: {r.student}: {r.reason}")
+    print(f"grades: {out / 'grades.csv'}\npass rates: {out / 'pass_rates.csv'}\nwall time: {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _cmd_gradescope(args: argparse.Namespace) -> int:
+    names = gradescope.build(lessons.load(args.lesson), Path(args.out))
+    print(f"wrote {args.out} ({len(names)} files): upload it as the Gradescope autograder")
+    return 0
+
+
+def _cmd_release(args: argparse.Namespace) -> int:
+    entries = release.build(Path(args.out), force=args.force)
+    print(f"wrote the student release to {args.out}: {', '.join(e.name for e in entries)}")
+    return 0
+
+
+def _cmd_rubric(args: argparse.Namespace) -> int:
+    from graders.engine import rubric
+
+    report = rubric.score(lessons.load(args.lesson), Path(args.submission), Path(args.out))
+    print(rubric.render(report))
+    print(f"rubric: {Path(args.out) / 'rubric.json'}")
     return 0
 
 
@@ -65,10 +106,32 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--call-timeout", type=float, default=60.0, help="seconds allowed for one call into student code")
     run.add_argument("-k", help="only hidden tests matching this pytest -k expression (for debugging graders)")
     run.set_defaults(func=_cmd_run)
+    rub = sub.add_parser("rubric", help="score the five-criteria rubric (hidden tests, notebooks, runs, rerun, notes)")
+    rub.add_argument("--lesson", required=True, help="lesson number, e.g. 03")
+    rub.add_argument("--submission", required=True, help="a student repo root (with exercises/, runs/, labs/)")
+    rub.add_argument("--out", required=True, help="folder for rubric.json, rubric.md (and results.json if absent)")
+    rub.set_defaults(func=_cmd_rubric)
     syn = sub.add_parser("sync", help="write exercises/ stubs from solutions_private/")
     syn.add_argument("--check", action="store_true", help="exit 1 and show the diff if exercises/ drifted")
     syn.add_argument("--root", default=str(REPO_ROOT), help="repository root (default: this checkout)")
+    syn.add_argument("--lesson", help="only this lesson (e.g. 03)")
     syn.set_defaults(func=_cmd_sync)
+    bat = sub.add_parser("batch", help="grade one lesson for every student folder; write grades.csv and pass_rates.csv")
+    bat.add_argument("--lesson", required=True, help="lesson number, e.g. 03")
+    bat.add_argument("--submissions", required=True, help="a folder with one subfolder per student (named as the student)")
+    bat.add_argument("--out", required=True, help="folder for OUT/<student>/results.json, grades.csv, pass_rates.csv")
+    bat.add_argument("--jobs", type=int, default=1, help="students graded in parallel (each has its own grader and worker)")
+    bat.add_argument("--force", action="store_true", help="regrade students that already have results.json")
+    bat.add_argument("--call-timeout", type=float, default=60.0, help="seconds allowed for one call into student code")
+    bat.set_defaults(func=_cmd_batch)
+    gsc = sub.add_parser("gradescope", help="build the Gradescope autograder zip for one lesson")
+    gsc.add_argument("--lesson", required=True, help="lesson number, e.g. 03")
+    gsc.add_argument("--out", required=True, help="path of the zip to write, e.g. autograder.zip")
+    gsc.set_defaults(func=_cmd_gradescope)
+    rel = sub.add_parser("release", help="write the student repository (no solutions, no hidden tests)")
+    rel.add_argument("--out", required=True, help="folder to write; must be empty unless --force")
+    rel.add_argument("--force", action="store_true", help="write into a non-empty folder, replacing the release's files")
+    rel.set_defaults(func=_cmd_release)
     return parser
 
 
@@ -76,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (lessons.GradingSetupError, sync.SyncError) as exc:
+    except (lessons.GradingSetupError, sync.SyncError, gradescope.ExportError, release.ReleaseError) as exc:
         print(f"llm-grade: error: {exc}", file=sys.stderr)
         return 2
 

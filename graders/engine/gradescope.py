@@ -1,0 +1,192 @@
+"""Build the Gradescope autograder zip for one lesson: setup.sh, run_autograder and source/.
+
+Gradescope unpacks the zip into /autograder, runs ``setup.sh`` once (as root) while
+building the image, then ``run_autograder`` for every submission, which must leave
+/autograder/results/results.json. ``source/`` holds only what grading needs: the
+engine, this lesson's hidden tests (and any other lesson's graders or references they
+import), the lesson's reference solution, labkit/, pyproject.toml and constraints.txt. The zip
+is deterministic (fixed timestamps, sorted entries) so two builds can be compared.
+"""
+
+from __future__ import annotations
+
+import ast
+import zipfile
+from pathlib import Path
+
+from graders.engine import lessons
+from graders.engine.sandbox import REPO_ROOT
+
+SKIP_PARTS = {"__pycache__", ".pytest_cache", ".ipynb_checkpoints", ".venv", "tests", "exercises"}
+FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+
+SETUP_SH = """#!/usr/bin/env bash
+# Gradescope runs this once, as root, while building the autograder image.
+# It installs Python 3.11 when the image lacks it (Ubuntu 22.04 has it in its archive; other
+# releases get it from the deadsnakes PPA), builds a venv from the *system* python3.11 so the
+# sandbox can run the interpreter as uid 65534, and installs torch (pinned) and the grader.
+# TORCH_INDEX_URL (optional): e.g. https://download.pytorch.org/whl/cpu for the CPU-only wheel.
+set -euo pipefail
+ROOT="${AUTOGRADER_ROOT:-/autograder}"
+VENV="${LLMG_VENV:-$ROOT/venv}"
+export DEBIAN_FRONTEND=noninteractive
+if ! command -v python3.11 >/dev/null 2>&1 || ! python3.11 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    apt-get update
+    if ! apt-get install -y python3.11 python3.11-venv; then
+        apt-get install -y software-properties-common
+        add-apt-repository -y ppa:deadsnakes/ppa
+        apt-get update
+        apt-get install -y python3.11 python3.11-venv
+    fi
+fi
+apt-get install -y util-linux >/dev/null 2>&1 || true  # `unshare`, for the sandbox's namespaces
+PY="$(test -x /usr/bin/python3.11 && echo /usr/bin/python3.11 || command -v python3.11)"
+"$PY" -m venv "$VENV"
+"$VENV/bin/pip" install --upgrade pip
+"$VENV/bin/pip" install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch==2.13.0
+"$VENV/bin/pip" install -c "$ROOT/source/constraints.txt" -e "$ROOT/source"
+chmod -R a+rX "$VENV"  # the sandboxed worker runs this venv's python as uid 65534
+"""
+
+RUN_AUTOGRADER = """#!/usr/bin/env bash
+# Gradescope runs this for every submission, as root. Results: $ROOT/results/results.json.
+# AUTOGRADER_ROOT (default /autograder) and LLMG_BIN (default $ROOT/venv/bin) can be overridden.
+set -uo pipefail
+ROOT="${AUTOGRADER_ROOT:-/autograder}"
+BIN="${LLMG_BIN:-$ROOT/venv/bin}"
+LESSON=@LESSON@
+SUB="$ROOT/submission"
+mkdir -p "$ROOT/results"
+# An upload of bare files (no exercises/ or lesson_NN/ folder) is graded as lesson_NN/ itself.
+if [ ! -d "$SUB/exercises/lesson_$LESSON" ] && [ ! -d "$SUB/lesson_$LESSON" ]; then
+    FLAT="$(mktemp -d)"
+    mkdir -p "$FLAT/lesson_$LESSON"
+    cp -R "$SUB/." "$FLAT/lesson_$LESSON/" 2>/dev/null || true
+    chmod -R a+rX "$FLAT"
+    SUB="$FLAT"
+fi
+# Run from source/ so `graders` is imported from this zip's copy, whatever else is installed.
+cd "$ROOT/source"
+"$BIN/python" -m graders.engine.cli run --lesson "$LESSON" --submission "$SUB" --out "$ROOT/results" \\
+    2> "$ROOT/results/stderr.txt"
+status=$?
+cat "$ROOT/results/stderr.txt" >&2
+if [ ! -s "$ROOT/results/results.json" ]; then
+    # The grader could not run (for example no lesson folder): zero, with the reason for the student.
+    "$BIN/python" - "$ROOT/results" "$status" <<'EOF'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+why = (out / "stderr.txt").read_text(errors="replace").strip() or f"the grader exited with status {sys.argv[2]}"
+out.joinpath("results.json").write_text(json.dumps({"score": 0.0, "output": why[-2000:], "tests": []}, indent=2))
+EOF
+fi
+exit 0
+"""
+
+README = """# Autograder for lesson @LESSON@ (@TITLE@)
+
+Built by `llm-grade gradescope --lesson @LESSON@`. Upload this zip as a Gradescope
+"Autograder" (Ubuntu base image). Layout:
+
+- `setup.sh`: run once by Gradescope, as root. Installs Python 3.11 with apt-get if missing
+  (Ubuntu 22.04 archive, else the deadsnakes PPA), makes `/autograder/venv` from the system
+  `python3.11`, then `pip install torch==2.13.0` and `pip install -c constraints.txt -e source`.
+  Set `TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu` in it to use the smaller CPU wheel.
+- `run_autograder`: run for every submission. It grades `/autograder/submission` (a repository
+  root with `exercises/lesson_@LESSON@/`, a folder holding `lesson_@LESSON@/`, or the lesson's
+  files uploaded bare) with `llm-grade run` and writes `/autograder/results/results.json`. If the
+  grader cannot run at all, it writes a zero score with the reason. `AUTOGRADER_ROOT` and
+  `LLMG_BIN` override `/autograder` and `/autograder/venv/bin` (for testing elsewhere).
+- `source/`: the grading engine, the hidden tests and the reference solution. Never give it out.
+
+Student code never runs in the grader's process: it runs in the sandboxed worker described in the
+course README. Gradescope runs the autograder as root, so the worker starts in its own network,
+mount and pid namespaces, with `source/`, the results folder and the submission folder hidden, and
+then drops to the unprivileged uid 65534 (`nobody`) before any student code is imported. That drop
+needs the venv's interpreter to be readable by uid 65534, which is why `setup.sh` builds the venv
+from the system `python3.11` and makes it world-readable. The `sandbox:` line at the top of every
+result says which protections were in force.
+"""
+
+
+class ExportError(Exception):
+    """The autograder zip cannot be written (bad output path)."""
+
+
+def _imported_lessons(folder: Path) -> set[tuple[str, str]]:
+    """(top package, lesson folder) pairs that the graders in ``folder`` import, e.g. ("solutions_private", "lesson_03")."""
+    found = set()
+    for path in folder.rglob("*.py"):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            for name in names:
+                parts = name.split(".")
+                if len(parts) > 1 and parts[0] in ("graders", "solutions_private") and parts[1].startswith("lesson_"):
+                    found.add((parts[0], parts[1]))
+    return found
+
+
+def source_folders(lesson: lessons.Lesson, root: Path = REPO_ROOT) -> list[Path]:
+    """Folders (relative to ``root``) that grading ``lesson`` needs, following graders' imports."""
+    wanted = {("graders", lesson.dirname), ("solutions_private", lesson.dirname)}
+    done: set[tuple[str, str]] = set()
+    while wanted - done:
+        top, name = sorted(wanted - done)[0]
+        done.add((top, name))
+        if top == "graders" and (root / top / name).is_dir():
+            wanted |= _imported_lessons(root / top / name)
+    extra = [Path("labkit")] if (root / "labkit").is_dir() else []  # the engine's lab checks copy it
+    return [Path("graders", "engine"), *extra] + [Path(t, n) for t, n in sorted(done) if (root / t / n).is_dir()]
+
+
+def _files(root: Path, rel: Path) -> list[Path]:
+    base = root / rel
+    if base.is_file():
+        return [rel]
+    return sorted(
+        p.relative_to(root)
+        for p in base.rglob("*")
+        if p.is_file() and not p.is_symlink() and not SKIP_PARTS & set(p.relative_to(root).parts) and p.suffix != ".pyc"
+    )
+
+
+def _add(zf: zipfile.ZipFile, name: str, data: bytes, mode: int) -> None:
+    info = zipfile.ZipInfo(name, FIXED_TIME)
+    info.external_attr = (0o100000 | mode) << 16
+    info.compress_type = zipfile.ZIP_DEFLATED
+    zf.writestr(info, data)
+
+
+def build(lesson: lessons.Lesson, out: Path, root: Path = REPO_ROOT) -> list[str]:
+    """Write the autograder zip for ``lesson`` to ``out``; return the names it holds."""
+    if out.is_dir():
+        raise ExportError(f"{out} is a folder: give the path of the .zip to write")
+    if not out.parent.is_dir():
+        raise ExportError(f"folder {out.parent} does not exist")
+    rels = [Path("pyproject.toml"), Path("constraints.txt"), Path("conftest.py"), Path("graders", "__init__.py")]
+    rels = [r for r in rels if (root / r).is_file()]
+    for folder in source_folders(lesson, root):
+        rels += _files(root, folder)
+    text = {"@LESSON@": lesson.number, "@TITLE@": lesson.title}
+
+    def fill(template: str) -> bytes:
+        for key, value in text.items():
+            template = template.replace(key, value)
+        return template.encode()
+
+    tmp = out.with_name(f".{out.name}.tmp")
+    with zipfile.ZipFile(tmp, "w") as zf:
+        _add(zf, "setup.sh", fill(SETUP_SH), 0o755)
+        _add(zf, "run_autograder", fill(RUN_AUTOGRADER), 0o755)
+        _add(zf, "README.md", fill(README), 0o644)
+        for rel in sorted(set(rels)):
+            _add(zf, f"source/{rel.as_posix()}", (root / rel).read_bytes(), 0o644)
+        names = zf.namelist()
+    tmp.replace(out)
+    return names

@@ -1,0 +1,106 @@
+"""The Gradescope autograder zip: the right files only, and run_autograder grades like `llm-grade run`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from graders.engine import gradescope, lessons
+from tests.conftest import REPO, run_cli
+
+FORBIDDEN_PARTS = {"__pycache__", ".venv", "tests", "exercises", "lessons", ".git"}
+
+
+def unpack(zip_path: Path, dest: Path) -> None:
+    """Unzip keeping the Unix modes (zipfile drops them; Gradescope's unzip keeps them)."""
+    with zipfile.ZipFile(zip_path) as zf:
+        for info in zf.infolist():
+            path = Path(zf.extract(info, dest))
+            mode = info.external_attr >> 16 & 0o777
+            if mode:
+                path.chmod(mode)
+
+
+@pytest.mark.parametrize("lesson", lessons.available())
+def test_zip_holds_what_grading_needs_and_nothing_else(tmp_path: Path, lesson: str):
+    spec = lessons.load(lesson)
+    names = gradescope.build(spec, tmp_path / "autograder.zip")
+    assert {"setup.sh", "run_autograder", "source/pyproject.toml", "source/constraints.txt"} <= set(names)
+    assert "source/graders/engine/run.py" in names and "source/graders/engine/worker_main.py" in names
+    hidden = {p.relative_to(REPO).as_posix() for p in spec.graders_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    assert {f"source/{h}" for h in hidden} <= set(names)
+    if (REPO / "solutions_private" / spec.dirname).is_dir():
+        assert any(n.startswith(f"source/solutions_private/{spec.dirname}/") for n in names)
+    for name in names:
+        assert not FORBIDDEN_PARTS & set(Path(name).parts) and not name.endswith(".pyc"), name
+        assert name in ("setup.sh", "run_autograder", "README.md") or name.startswith("source/"), name
+    other = {Path(n).parts[2] for n in names if n.startswith(("source/graders/lesson_", "source/solutions_private/"))}
+    needed = {p.name for p in gradescope.source_folders(spec) if p.name.startswith("lesson_")}
+    assert other == needed and spec.dirname in needed
+
+
+def test_scripts_are_executable_and_pinned(tmp_path: Path):
+    gradescope.build(lessons.load("03"), tmp_path / "a.zip")
+    unpack(tmp_path / "a.zip", tmp_path / "root")
+    for name in ("setup.sh", "run_autograder"):
+        path = tmp_path / "root" / name
+        assert os.access(path, os.X_OK) and path.read_text().startswith("#!/usr/bin/env bash\n"), name
+        assert subprocess.run(["bash", "-n", str(path)]).returncode == 0, f"{name}: bash syntax error"
+    setup = (tmp_path / "root" / "setup.sh").read_text()
+    assert "torch==2.13.0" in setup and "python3.11 python3.11-venv" in setup and "-m venv" in setup
+    assert '-c "$ROOT/source/constraints.txt" -e "$ROOT/source"' in setup
+    assert "uid 65534" in (tmp_path / "root" / "README.md").read_text()
+    gradescope.build(lessons.load("03"), tmp_path / "b.zip")
+    assert (tmp_path / "a.zip").read_bytes() == (tmp_path / "b.zip").read_bytes(), "the zip must be reproducible"
+
+
+def run_autograder(root: Path) -> dict:
+    env = {**os.environ, "AUTOGRADER_ROOT": str(root), "LLMG_BIN": str(Path(sys.executable).parent)}
+    proc = subprocess.run([str(root / "run_autograder")], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((root / "results" / "results.json").read_text())
+
+
+@pytest.fixture
+def gradescope_root(tmp_path: Path) -> Path:
+    """The zip unpacked as Gradescope lays it out: root/{setup.sh,run_autograder,source/,submission/,results/}."""
+    gradescope.build(lessons.load("03"), tmp_path / "autograder.zip")
+    root = tmp_path / "autograder"
+    unpack(tmp_path / "autograder.zip", root)
+    (root / "submission").mkdir()
+    (root / "results").mkdir()
+    return root
+
+
+def test_run_autograder_gives_full_marks_to_the_reference(gradescope_root: Path):
+    shutil.copytree(REPO / "solutions_private" / "lesson_03", gradescope_root / "submission" / "lesson_03")
+    res = run_autograder(gradescope_root)
+    assert res["score"] == res["max_score"] > 0, [t["output"] for t in res["tests"] if t["score"] < t["max_score"]]
+    assert "sandbox:" in res["output"] and str(gradescope_root / "submission") in res["output"]
+    where = subprocess.run(
+        [sys.executable, "-c", "import graders; print(graders.__file__)"],
+        cwd=gradescope_root / "source", capture_output=True, text=True,
+    )  # fmt: skip
+    assert where.stdout.startswith(str(gradescope_root / "source")), "run_autograder must grade with the zip's own source"
+
+
+def test_run_autograder_gives_zero_to_an_uploaded_stub(gradescope_root: Path):
+    """Bare files uploaded without their lesson_03/ folder are still found, and a stub scores 0."""
+    shutil.copy(REPO / "exercises" / "lesson_03" / "attention.py", gradescope_root / "submission")
+    res = run_autograder(gradescope_root)
+    assert res["score"] == 0 and res["max_score"] > 0
+    counted = [t for t in res["tests"] if t["max_score"] > 0]
+    assert counted and all("NotImplementedError" in t["output"] for t in counted)
+
+
+@pytest.mark.parametrize(("lesson", "out", "message"), [("42", "a.zip", "unknown lesson"), ("03", ".", "is a folder")])
+def test_gradescope_errors_are_one_line(tmp_path: Path, lesson: str, out: str, message: str):
+    proc = run_cli("gradescope", "--lesson", lesson, "--out", str(tmp_path / out))
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

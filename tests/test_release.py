@@ -1,0 +1,151 @@
+"""The student release: no solution or hidden test inside, and it works on its own (visible tests run, make test passes)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from graders.engine import release, sync
+from tests.conftest import REPO, run_cli
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("release") / "student-repo"
+    release.build(out)
+    return out
+
+
+def _files(root: Path) -> list[Path]:
+    return [p for p in sorted(root.rglob("*")) if p.is_file() and ".pytest_cache" not in p.parts and "__pycache__" not in p.parts]
+
+
+def _text(path: Path) -> str:
+    raw = path.read_bytes().decode("utf-8", "replace")
+    if path.suffix == ".ipynb":  # cell sources, without JSON escaping
+        cells = json.loads(raw).get("cells", [])
+        raw += "\n".join("".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in cells)
+    return raw
+
+
+def _solution_lines() -> set[str]:
+    """Code lines (over 25 characters, not comments) of every solution region, .py and notebook cells."""
+    regions = list(sync.solution_regions(REPO))
+    marker = re.compile(r"^\s*#+ ?BEGIN SOLUTION.*?\n(.*?)^\s*#+ ?END SOLUTION", re.M | re.S)
+    for nb in (REPO / "solutions_private").rglob("*.ipynb"):
+        regions += [m[1] for c in json.loads(nb.read_text())["cells"] for m in marker.finditer("".join(c["source"]))]
+    given = "\n".join(sync.planned(REPO).values())  # lines the stubs hand out by design are not leaks
+    lines = {ln.split("  #")[0].strip() for r in regions for ln in r.splitlines()}
+    return {ln for ln in lines if len(ln) > 25 and not ln.startswith("#") and ln not in given}
+
+
+def _hidden_test_text() -> set[str]:
+    """Hidden tests' function names (unless a visible test has the same name) and first docstring lines."""
+    def functions(paths):
+        trees = [ast.parse(p.read_text()) for p in paths]
+        return [n for t in trees for n in ast.walk(t) if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
+
+    visible = {f.name for f in functions((REPO / "exercises").rglob("test_*.py"))}
+    hidden = functions((REPO / "graders").glob("lesson_*/test_*.py"))
+    docs = {(ast.get_docstring(f) or "").strip().split("\n")[0] for f in hidden}
+    return {f.name for f in hidden if f.name not in visible} | {d for d in docs if len(d) > 25}
+
+
+def _allowed() -> set[tuple[str, str]]:
+    text = (REPO / "release" / "leak_allowlist.txt").read_text()
+    return {tuple(s.strip() for s in ln.split(" :: ", 1)) for ln in text.splitlines() if " :: " in ln and ln[0] != "#"}
+
+
+def test_no_instructor_paths(released: Path):
+    for path in released.rglob("*"):
+        rel = path.relative_to(released)
+        assert not {"solutions_private", "graders", ".git", ".venv"} & set(rel.parts), rel
+    assert sorted(p.name for p in (released / "tests").iterdir()) == ["test_student_setup.py"], "instructor tests/ leaked"
+    assert (released / "labkit" / "__init__.py").exists() == (REPO / "labkit" / "__init__.py").exists()
+    assert {p.name for p in (released / "exercises").glob("lesson_*")} == {p.name for p in (REPO / "exercises").glob("lesson_*")}
+
+
+def test_no_solution_code_or_hidden_test_text(released: Path):
+    needles = _solution_lines() | _hidden_test_text()
+    assert "test_parity_with_torch_sdpa" in needles and any("masked_fill" in n for n in needles), "the scan lost its needles"
+    allowed = _allowed()
+    hits = [
+        f"{path.relative_to(released)}: {n}"
+        for path in _files(released)
+        for n in needles
+        if (path.relative_to(released).as_posix(), n) not in allowed and re.search(rf"(?<!\w){re.escape(n)}(?!\w)", _text(path))
+    ]
+    assert not hits, hits[:20]
+
+
+def test_leak_scan_catches_a_planted_solution(tmp_path: Path):
+    (tmp_path / "notes.md").write_text("scores = scores.masked_fill(~mask, float(\"-inf\"))\n")
+    (tmp_path / "t.py").write_text("def test_parity_with_torch_sdpa(): ...\n")
+    (tmp_path / "graders").mkdir()
+    found = release.leaks(tmp_path)
+    assert any("notes.md" in f for f in found) and any("t.py" in f for f in found) and any("instructor-only" in f for f in found)
+
+
+def _pytest(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+
+
+def test_visible_tests_run_and_fail_on_the_stubs(released: Path):
+    proc = _pytest(released, "exercises/lesson_03")
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "NotImplementedError" in proc.stdout and "error" not in proc.stdout.splitlines()[-1], proc.stdout[-3000:]
+
+
+def test_the_release_own_tests_pass(released: Path):
+    proc = _pytest(released)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+def test_student_files_are_adapted(released: Path):
+    readme = (released / "README.md").read_text()
+    for word in ("solutions_private", "llm-grade", "make grade", "graders/", "@LESSONS@"):
+        assert word not in readme, word
+    assert "pytest exercises/lesson_NN" in readme and "| 03 |" in readme
+    makefile = (released / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z]+):", makefile, re.M))
+    assert {"setup", "test", "kernel"} <= targets and "grade" not in targets
+    agents = (released / "AGENTS.md").read_text()
+    assert "make grade" not in agents and "For agents working on the course repository" not in agents
+    for text in (readme, agents):
+        assert set(re.findall(r"`make (\w+)", text)) <= targets
+    student = tomllib.loads((released / "pyproject.toml").read_text())
+    teacher = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "scripts" not in student["project"] and student["tool"]["setuptools"]["packages"]["find"]["include"] == ["labkit*"]
+    assert student["tool"]["pytest"]["ini_options"] == {**teacher["tool"]["pytest"]["ini_options"], "testpaths": ["tests"]}
+    assert student["tool"]["ruff"] == teacher["tool"]["ruff"]
+    for name in ("constraints.txt", "conftest.py", ".gitignore"):
+        assert (released / name).read_bytes() == (REPO / name).read_bytes(), name
+
+
+def test_refuses_a_non_empty_folder_unless_forced(tmp_path: Path):
+    out = tmp_path / "student-repo"
+    (out / "lessons").mkdir(parents=True)
+    (out / "lessons" / "stale.md").write_text("old\n")
+    (out / "keep.txt").write_text("the student repo's own file\n")
+    proc = run_cli("release", "--out", str(out))
+    assert proc.returncode == 2 and "is not empty: pass --force" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (out / "README.md").exists()
+    release.build(out, force=True)
+    assert (out / "README.md").exists() and (out / "keep.txt").exists() and not (out / "lessons" / "stale.md").exists()
+
+
+@pytest.mark.parametrize("where", ["inside-repo", "stale-graders"])
+def test_refuses_unsafe_targets(tmp_path: Path, where: str):
+    out = REPO / "exercises" / "release-here" if where == "inside-repo" else tmp_path / "out"
+    if where == "stale-graders":
+        (out / "graders").mkdir(parents=True)
+    with pytest.raises(release.ReleaseError, match="instructor"):
+        release.build(out, force=True)
+    assert not (REPO / "exercises" / "release-here").exists()
