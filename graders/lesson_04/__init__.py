@@ -2,3 +2,4 @@
 
 TITLE = "Multi-head attention and the Pre-LN block"
 MODULES = ("block",)  # the only student files copied into the sandbox
+LAB_MODULES = ("lab_experiment",)  # the lab's entry point: copied for notebook autograding and reruns only
