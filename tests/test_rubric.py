@@ -103,3 +103,17 @@ def test_malformed_rubric_config_is_one_line(tmp_path: Path, text: str, message:
 def test_rubric_cli_setup_error(tmp_path: Path):
     proc = run_cli("rubric", "--lesson", "03", "--submission", str(tmp_path / "nobody"), "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and proc.stderr.strip().startswith("llm-grade: error:") and "does not exist" in proc.stderr
+
+
+@pytest.mark.parametrize("number", lessons.available())
+def test_every_lesson_with_a_lab_has_a_valid_rubric(number: str):
+    lesson = lessons.load(number)
+    notebooks = sorted((REPO / "solutions_private" / lesson.dirname).glob("*.ipynb"))
+    if not notebooks:
+        assert not lesson.lab_modules, f"lesson {number} names lab modules but has no notebook"
+        return
+    cfg = rubric.load_config(lesson.graders_dir / "rubric.toml")
+    assert sum(cfg["weights"].values()) == 100
+    for stem in lesson.lab_modules:
+        assert (REPO / "solutions_private" / lesson.dirname / f"{stem}.py").exists()
+    assert cfg["reflection"]["notes"] == f"labs/{lesson.dirname}/notes.md"
