@@ -2,3 +2,4 @@
 
 TITLE = "GPTMini"
 MODULES = ("gpt", "blocks")  # the only student files copied into the sandbox (gpt.py imports blocks.py)
+LAB_MODULES = ("lab_experiment",)  # the lab's entry point: copied for notebook autograding and reruns only
