@@ -61,6 +61,28 @@ def graded_reference(tmp_path_factory) -> tuple[list[labs.NotebookGrade], str, P
     return grades, note, out
 
 
+def test_manual_grades_survive_a_regrade_of_the_same_submission(tmp_path: Path):
+    """Formgrader's manual grades are read back; re-grading an unchanged submission keeps them."""
+    from nbgrader.api import Gradebook
+
+    folder = lesson_copy(tmp_path / "sub", SOURCE / NOTEBOOK)
+    out = tmp_path / "out"
+    (first,), _ = labs.autograde(REPO, "03", folder, MODULES, out)
+    assert first.manual_score is None, "nothing graded by hand yet"
+    stem = NOTEBOOK.removesuffix(".ipynb")
+    with Gradebook(f"sqlite:///{out / 'nbgrader' / 'gradebook.db'}", labs.COURSE_ID) as gb:  # what formgrader does
+        grade = gb.find_grade("reflection", stem, "lesson_03", labs.STUDENT)
+        grade.manual_score = 2.5
+        gb.db.commit()
+    (again,), note = labs.autograde(REPO, "03", folder, MODULES, out)
+    assert again.manual_score == 2.5 and again.score == first.score and "unchanged" in note
+    nb = nbformat.read(folder / NOTEBOOK, as_version=4)
+    nb.cells[-1].source = "A different reflection."
+    nbformat.write(nb, folder / NOTEBOOK)
+    (changed,), note = labs.autograde(REPO, "03", folder, MODULES, out)
+    assert changed.manual_score is None and "unchanged" not in note, "a changed submission is graded afresh"
+
+
 def test_autograde_gives_reference_full_marks(graded_reference):
     grades, note, out = graded_reference
     (grade,) = grades

@@ -94,9 +94,10 @@ class NotebookGrade:
     notebook: str
     score: float
     max_score: float  # autograded cells only
-    manual_max: float  # points waiting for the instructor in formgrader
+    manual_max: float  # points for the instructor in formgrader
     cells: list[dict]
     problem: str | None = None
+    manual_score: float | None = None  # None until every manual cell is graded in formgrader
 
 
 def _kernelspec(course: Path, sandbox: bool, hide: list[str]) -> Path:
@@ -123,6 +124,10 @@ def autograde(root: Path, lesson: str, submission_lesson_dir: Path, modules: tup
     """
     from graders.engine import sandbox
 
+    dest = out_dir / "nbgrader"
+    reused = _unchanged_course(dest, root, lesson, submission_lesson_dir, modules)
+    if reused is not None:
+        return reused, "notebook grades read from OUT/nbgrader (submission unchanged since it was autograded)"
     with tempfile.TemporaryDirectory(prefix="llmg-nbcourse-") as tmp:
         os.chmod(tmp, 0o755)  # the kernel (uid 65534) must reach its notebook folder
         course = Path(tmp) / "course"
@@ -166,11 +171,30 @@ def autograde(root: Path, lesson: str, submission_lesson_dir: Path, modules: tup
             if proc.returncode != 0:
                 problem = f"nbgrader autograde failed (see {out_dir / 'nbgrader' / 'autograde.log'})"
         grades = [_read_grade(course, lesson, nb.name, nb.name in missing, problem) for nb in notebooks]
-        dest = out_dir / "nbgrader"
+        (course / "graded-from.json").write_text(json.dumps({"problem": problem, "missing": missing}))
         if dest.exists():
             shutil.rmtree(dest)
         shutil.copytree(course, dest, ignore=shutil.ignore_patterns(".runtime", ".home", ".jupyter", "labkit", "__pycache__"))
     return grades, note
+
+
+def _unchanged_course(dest: Path, root: Path, lesson: str, submission_lesson_dir: Path,
+                      modules: tuple[str, ...]) -> list[NotebookGrade] | None:
+    """The grades in an earlier OUT/nbgrader if the submission's notebooks and modules are
+    byte-identical to what was autograded there: re-grading would wipe the instructor's
+    manual grades, and a changed submission must be graded afresh."""
+    record = dest / "graded-from.json"
+    submitted = dest / "submitted" / STUDENT / f"lesson_{lesson}"
+    if not record.exists():
+        return None
+    names = [nb.name for nb in source_notebooks(root, lesson)] + [f"{m}.py" for m in modules]
+    for name in names:
+        new, old = submission_lesson_dir / name, submitted / name
+        if new.exists() != old.exists() or (new.exists() and new.read_bytes() != old.read_bytes()):
+            return None
+    info = json.loads(record.read_text())
+    return [_read_grade(dest, lesson, nb.name, nb.name in info["missing"], info["problem"])
+            for nb in source_notebooks(root, lesson)]
 
 
 def _read_grade(course: Path, lesson: str, name: str, missing: bool, problem: str | None) -> NotebookGrade:
@@ -184,20 +208,22 @@ def _read_grade(course: Path, lesson: str, name: str, missing: bool, problem: st
         why = "notebook missing from the submission" if missing else problem
         if why is None and not autograded.exists():
             why = "nbgrader produced no autograded notebook"
+        manual_scores: list[float | None] = []
         for cell in nb_def.grade_cells:
             auto = cell.cell_type == "code"
+            try:
+                grade = gb.find_grade(cell.name, stem, f"lesson_{lesson}", STUDENT) if why is None else None
+            except MissingEntry:
+                grade = None
             if not auto:
                 manual_max += cell.max_score
-                cells.append({"cell": cell.name, "max_score": cell.max_score, "score": None, "manual": True})
+                given = None if grade is None or grade.manual_score is None else float(grade.manual_score)
+                manual_scores.append(given)
+                cells.append({"cell": cell.name, "max_score": cell.max_score, "score": given, "manual": True})
                 continue
             max_score += cell.max_score
-            got = 0.0
-            if why is None:
-                try:
-                    grade = gb.find_grade(cell.name, stem, f"lesson_{lesson}", STUDENT)
-                    got = float(grade.score or 0.0)
-                except MissingEntry:
-                    got = 0.0
+            got = float(grade.score or 0.0) if grade is not None else 0.0
             score += got
             cells.append({"cell": cell.name, "max_score": cell.max_score, "score": got, "manual": False})
-    return NotebookGrade(name, score, max_score, manual_max, cells, why)
+        manual = None if not manual_scores or None in manual_scores else sum(manual_scores)  # type: ignore[arg-type]
+    return NotebookGrade(name, score, max_score, manual_max, cells, why, manual)

@@ -227,12 +227,20 @@ def reflection(crit: Criterion, project: Path, cfg: dict) -> None:
 
 
 def conceptual_clarity(crit: Criterion, notebooks: list[labs.NotebookGrade]) -> None:
+    """From the manual grades given in nbgrader's formgrader; pending until every cell is graded."""
     manual = sum(nb.manual_max for nb in notebooks)
-    crit.score = None
-    crit.found.append(
-        f"{manual:g} notebook point(s) await manual grading in nbgrader's formgrader (OUT/nbgrader)"
-        if manual else "no manually graded cells: grade from notes.md by hand"
-    )
+    if not manual:
+        crit.score = None
+        crit.found.append("no manually graded cells: grade from notes.md by hand")
+        return
+    given = [nb.manual_score for nb in notebooks if nb.manual_max]
+    if None in given:
+        crit.score = None
+        crit.found.append(f"{manual:g} notebook point(s) await manual grading in nbgrader's formgrader (OUT/nbgrader)")
+        return
+    got = sum(given)  # type: ignore[arg-type]
+    crit.score = crit.max * got / manual
+    crit.found.append(f"manual grades from formgrader: {got:g}/{manual:g}")
 
 
 # ---------------------------------------------------------------------------- rerun
