@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -170,7 +171,11 @@ def run_batch(
         ThreadPoolExecutor(max_workers=jobs) as pool,
         tqdm(total=len(todo), desc=f"lesson {lesson.number}", unit="student", disable=not progress) as bar,
     ):
-        futures = {pool.submit(grade_student, lesson, f, out, hide, call_timeout=call_timeout): f for f in todo}
+        # Split the cores: N gradings with all-core torch pools each oversubscribe and thrash.
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        futures = {
+            pool.submit(grade_student, lesson, f, out, hide, call_timeout=call_timeout, threads=threads): f for f in todo
+        }
         for future in as_completed(futures):
             name = futures[future].name
             try:

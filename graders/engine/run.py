@@ -33,6 +33,7 @@ def grade(
     keyword: str | None = None,
     call_timeout: float = CALL_TIMEOUT,
     run_timeout: float = RUN_TIMEOUT,
+    threads: int | None = None,
 ) -> dict:
     """Grade ``submission`` on ``lesson``; write ``out_dir/results.json``; return the results."""
     lesson_dir = lessons.find_lesson_dir(submission.resolve(), lesson)
@@ -54,6 +55,8 @@ def grade(
         if keyword:
             cmd += ["-k", keyword]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PYTHON"))}
+        if threads:  # torch in the grading process reads this; the worker gets the same count
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
         problem = None
         log_path = out_dir / "grader.log"
         with open(log_path, "wb") as log:
