@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -78,9 +79,11 @@ def test_resume_skips_graded_students_and_force_regrades(classroom, tmp_path: Pa
 
     def spy(lesson, folder, out_dir, hide, **kwargs):
         attempted.append(folder.name)
-        assert hide == (subs.resolve(), copy.resolve()) and kwargs == {"call_timeout": 60.0}
+        assert hide == (subs.resolve(), copy.resolve()) and kwargs["call_timeout"] == 60.0
+        assert kwargs["threads"] == max(1, (os.cpu_count() or 1) // jobs[0]), "the cores are split between jobs"
         return batch.Row(folder.name, reason="spy")
 
+    jobs = [1]
     resumed = batch.run_batch(lessons.load("03"), subs, copy, progress=False, grade_student=spy)
     assert sorted(attempted) == ["dave", "ev\\il"], "students with results.json must be skipped"
     assert [(r.student, r.score, r.reason) for r in resumed if r.student in ("alice", "bob", "carol")] == [
@@ -88,6 +91,7 @@ def test_resume_skips_graded_students_and_force_regrades(classroom, tmp_path: Pa
     ]
     assert (copy / "pass_rates.csv").read_text() == (out / "pass_rates.csv").read_text()
     attempted.clear()
+    jobs[0] = 3
     batch.run_batch(lessons.load("03"), subs, copy, jobs=3, force=True, progress=False, grade_student=spy)
     assert sorted(attempted) == ["alice", "bob", "carol", "dave", "ev\\il"]
     assert {r["reason"] for r in _read_csv(copy / "grades.csv")} == {"spy"}
