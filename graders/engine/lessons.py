@@ -44,10 +44,12 @@ def normalise(number: str) -> str:
 
 def load(number: str) -> Lesson:
     """The lesson ``number`` ("3", "03" or "lesson_03")."""
-    digits = re.fullmatch(r"(?:lesson_)?(\d{1,2})", str(number).strip())
-    if not digits or digits.group(1).zfill(2) not in available():
+    try:
+        nn = normalise(number)
+    except GradingSetupError:
+        nn = None
+    if nn not in available():
         raise GradingSetupError(f"unknown lesson {number!r}: choose one of {', '.join(available()) or 'none'}")
-    nn = digits.group(1).zfill(2)
     spec = importlib.import_module(f"graders.lesson_{nn}")
     return Lesson(number=nn, title=spec.TITLE, modules=tuple(spec.MODULES), lab_modules=tuple(getattr(spec, "LAB_MODULES", ())))
 

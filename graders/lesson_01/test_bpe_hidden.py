@@ -80,18 +80,6 @@ def merges_mismatch(text: str, got: Merges, want: Merges, vocab_size: int) -> st
 
 
 # ---------------------------------------------------------------------------- merge_pair
-def _merge_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
-    out, i = [], 0
-    while i < len(ids):
-        if tuple(ids[i : i + 2]) == pair:
-            out.append(new_id)
-            i += 2
-        else:
-            out.append(ids[i])
-            i += 1
-    return out
-
-
 @pytest.mark.points(2)
 def test_merge_pair(lesson01: Lesson01):
     """merge_pair: left to right, non-overlapping ('aaa' -> [X, 'a'])"""
@@ -113,7 +101,7 @@ def test_merge_pair(lesson01: Lesson01):
         cases.append((ids, (rng.randrange(3), rng.randrange(3)), 256 + rng.randrange(100)))
     for ids, pair, new_id in cases:
         got = lesson01.merge_pair(ids, pair, new_id)
-        want = _merge_pair(ids, pair, new_id)
+        want = reference.merge_pair(ids, pair, new_id)
         assert got == want, f"merge_pair({ids}, {pair}, {new_id}) = {got}, expected {want}"
 
 
