@@ -9,9 +9,18 @@ LESSON ?= all
 SUBMISSION ?= .
 OUT ?= grading-out
 
-.PHONY: setup grade test lint sync kernel clean
+.PHONY: setup sandbox-tools grade test lint sync kernel clean
 
-setup: $(STAMP)
+setup: $(STAMP) sandbox-tools
+
+# The sandbox's launcher: bubblewrap, installed when we are root and it is missing. A failed
+# install is tolerated (the sandbox then uses util-linux `unshare`, or says it cannot run).
+sandbox-tools:
+	@if [ "$$(id -u)" = 0 ] && ! command -v bwrap >/dev/null 2>&1; then \
+		echo "setup: installing bubblewrap (the worker sandbox)"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; } >/dev/null 2>&1 \
+			|| echo "setup: could not install bubblewrap; the sandbox falls back to unshare"; \
+	fi
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,14 +28,21 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-# Results land in $(OUT)/lesson_NN/results.json, for one lesson or all.
+# Results land in $(OUT)/lesson_NN/results.json, for one lesson or all. LESSON=8, 08 and lesson_08 are
+# the same lesson: llm-grade's own normalisation names the folder (printf %02d would read 08 as octal).
+LESSON_DIR = $(shell $(BIN)/python -c 'import sys; from graders.engine.lessons import normalise as n; a = sys.argv[1]; print("" if a == "all" else "lesson_" + n(a))' '$(LESSON)' 2>/dev/null || echo 'lesson_$(LESSON)')
 grade: setup
-	$(BIN)/llm-grade run --lesson $(LESSON) --submission $(SUBMISSION) \
-		--out $(if $(filter all,$(LESSON)),$(OUT),$(OUT)/lesson_$(shell printf %02d $(LESSON)))
+	$(BIN)/llm-grade run --lesson $(LESSON) --submission $(SUBMISSION) --out $(OUT)/$(LESSON_DIR)
 
+# The suite in two pytest runs: everything but `serial` spread over TEST_JOBS xdist workers (each
+# grading is two processes, so at most one worker per core), then the `serial` tests (speed
+# verdicts) alone, so no other grading shares the cores with a timing. TEST_JOBS=1: no xdist.
+TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n > 4 ? 4 : n )))
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not serial" $(if $(filter-out 0 1,$(TEST_JOBS)),-n $(TEST_JOBS)) --durations=25; \
+	spread=$$?; $(BIN)/python -m pytest -m serial --durations=10; serial=$$?; \
+	test $$serial -eq 5 && serial=0; exit $$(( spread ? spread : serial ))  # 5: no serial test collected
 
 lint: setup
 	$(BIN)/ruff check .

@@ -79,6 +79,7 @@ def gradescope_root(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.serial  # full marks include the CPU speed verdict
 def test_run_autograder_gives_full_marks_to_the_reference(gradescope_root: Path):
     shutil.copytree(REPO / "solutions_private" / "lesson_03", gradescope_root / "submission" / "lesson_03")
     res = run_autograder(gradescope_root)
@@ -104,3 +105,21 @@ def test_run_autograder_gives_zero_to_an_uploaded_stub(gradescope_root: Path):
 def test_gradescope_errors_are_one_line(tmp_path: Path, lesson: str, out: str, message: str):
     proc = run_cli("gradescope", "--lesson", lesson, "--out", str(tmp_path / out))
     assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.parametrize("link", ["exercises/lesson_03", "lesson_03", "exercises", "attention.py"])
+def test_run_autograder_refuses_links_to_the_reference(gradescope_root: Path, link: str):
+    """Before: a submission whose exercises/lesson_03 links to the fixed path source/solutions_private/lesson_03
+    scored 28/28 (`-d` follows links). Now it scores 0 with the reason, whatever the link is."""
+    reference = gradescope_root / "source" / "solutions_private"
+    target = {"exercises/lesson_03": reference / "lesson_03", "lesson_03": reference / "lesson_03",
+              "exercises": reference, "attention.py": reference / "lesson_03" / "attention.py"}[link]  # fmt: skip
+    path = gradescope_root / "submission" / link
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(target)
+    res = run_autograder(gradescope_root)
+    assert res["score"] == 0, res["output"]
+    if link == "attention.py":  # a bare upload: flattened, the link kept as a link, and the worker refuses it
+        assert res["max_score"] > 0 and res["extra_data"]["provenance"]["files"]["attention.py"].startswith("unreadable")
+    else:
+        assert "is a symbolic link" in res["output"] and res["tests"] == [], res["output"]

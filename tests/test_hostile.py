@@ -1,12 +1,22 @@
-"""Hostile submissions score zero, and the run still completes with every result written."""
+"""Hostile submissions score zero, and the run still completes with every result written.
+
+All of them are graded once, in one grading server (:func:`graders.engine.server.grade_many`),
+by module-scoped fixtures; the tests then check each one's results.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from graders.engine import lessons
+from graders.engine.server import GradingServer, grade_many
 from tests.conftest import REPO, make_submission
+
+# The first test's time includes grading all of them (pytest-timeout counts fixture set-up).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 STUB = (REPO / "exercises" / "lesson_03" / "attention.py").read_text()
 
@@ -50,52 +60,81 @@ HOSTILE = {
 }
 
 
+FORCED_PASS = (
+    "import pytest\n"
+    "@pytest.hookimpl(wrapper=True)\n"
+    "def pytest_runtest_makereport(item, call):\n"
+    "    report = yield\n"
+    "    report.outcome = 'passed'\n"
+    "    return report\n"
+)
+REFERENCE = REPO / "solutions_private" / "lesson_03" / "attention.py"
+# Submissions that call nothing slowly: graded with the default call timeout.
+TRICKS = {
+    "conftest-and-sitecustomize": {
+        "attention.py": STUB,
+        "conftest.py": FORCED_PASS,
+        "sitecustomize.py": "import torch\ntorch.allclose = lambda *a, **k: True\n",
+        "usercustomize.py": "raise SystemExit(0)\n",
+        "evil.pth": "import os; os._exit(0)\n",
+        "pytest.ini": "[pytest]\naddopts = -p no:terminal\n",
+    },
+    "reads-the-reference": {"attention.py": f"exec(open({str(REFERENCE)!r}).read())\n"},  # knows the instructor tree
+    "missing-module": {"other.py": "x = 1\n"},
+}
+
+
+def _grade_all(root: Path, server: GradingServer, cases: dict[str, dict[str, str]], **kwargs) -> dict[str, dict]:
+    """Every case graded in one grade_many call; results.json on disk checked against the returned results."""
+    items = []
+    for name, files in cases.items():
+        submission = make_submission(root / name / "sub", "03", files)
+        if name == "conftest-and-sitecustomize":
+            (submission / "conftest.py").write_text(FORCED_PASS)
+        items.append((submission, root / name / "out"))
+    graded = grade_many(lessons.load("03"), items, server=server, **kwargs)
+    for (_, out), res in zip(items, graded, strict=True):
+        assert json.loads((out / "results.json").read_text()) == res
+    return dict(zip(cases, graded, strict=True))
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory, grading_server: GradingServer) -> dict[str, dict]:
+    cases = {name: {"attention.py": source} for name, source in HOSTILE.items()}
+    return _grade_all(tmp_path_factory.mktemp("hostile"), grading_server, cases, call_timeout=5)
+
+
+@pytest.fixture(scope="module")
+def tricks(tmp_path_factory: pytest.TempPathFactory, grading_server: GradingServer) -> dict[str, dict]:
+    return _grade_all(tmp_path_factory.mktemp("tricks"), grading_server, TRICKS)
+
+
 @pytest.mark.parametrize("name", list(HOSTILE))
-def test_hostile_submission_scores_zero(grade_lesson, tmp_path: Path, name: str):
-    submission = make_submission(tmp_path / "sub", "03", {"attention.py": HOSTILE[name]})
-    res = grade_lesson("03", submission, call_timeout=5)
+def test_hostile_submission_scores_zero(hostile: dict[str, dict], name: str):
+    res = hostile[name]
     assert res["score"] == 0, {t["name"]: t["output"] for t in res["tests"] if t["score"]}
     counted = [t for t in res["tests"] if t["max_score"] > 0]
     assert len(counted) >= 20 and all(t["status"] == "failed" and t["output"] for t in counted)
 
 
-def test_conftest_and_sitecustomize_never_take_effect(grade_lesson, tmp_path: Path):
-    forced_pass = (
-        "import pytest\n"
-        "@pytest.hookimpl(wrapper=True)\n"
-        "def pytest_runtest_makereport(item, call):\n"
-        "    report = yield\n"
-        "    report.outcome = 'passed'\n"
-        "    return report\n"
-    )
-    files = {
-        "attention.py": STUB,
-        "conftest.py": forced_pass,
-        "sitecustomize.py": "import torch\ntorch.allclose = lambda *a, **k: True\n",
-        "usercustomize.py": "raise SystemExit(0)\n",
-        "evil.pth": "import os; os._exit(0)\n",
-        "pytest.ini": "[pytest]\naddopts = -p no:terminal\n",
-    }
-    submission = make_submission(tmp_path / "sub", "03", files)
-    (submission / "conftest.py").write_text(forced_pass)
-    res = grade_lesson("03", submission)
+def test_conftest_and_sitecustomize_never_take_effect(tricks: dict[str, dict]):
+    res = tricks["conftest-and-sitecustomize"]
     assert res["score"] == 0
     assert all("NotImplementedError" in t["output"] for t in res["tests"] if t["max_score"] > 0)
 
 
-def test_reading_the_reference_is_blocked(grade_lesson, tmp_path: Path):
+def test_reading_the_reference_is_blocked(tricks: dict[str, dict]):
     """A submission that knows where the instructor's tree is tries to load the reference."""
-    reference = REPO / "solutions_private" / "lesson_03" / "attention.py"
-    thief = f"exec(open({str(reference)!r}).read())\n"
-    res = grade_lesson("03", make_submission(tmp_path / "sub", "03", {"attention.py": thief}))
+    res = tricks["reads-the-reference"]
     if "instructor tree hidden on" in res["output"]:
         assert res["score"] == 0
-        assert "PermissionError" in res["tests"][0]["output"]
+        # Denied (a deny-list sandbox) or not there at all (an allow-list file system)
+        assert any(e in res["tests"][0]["output"] for e in ("PermissionError", "FileNotFoundError")), res["tests"][0]
     else:  # degraded sandbox (not root, or no unshare): it must say so
         assert "instructor tree hidden off" in res["output"] or "weak" in res["output"]
 
 
-def test_missing_module_file_fails_fast_with_reason(grade_lesson, tmp_path: Path):
-    res = grade_lesson("03", make_submission(tmp_path / "sub", "03", {"other.py": "x = 1\n"}))
+def test_missing_module_file_fails_fast_with_reason(tricks: dict[str, dict]):
+    res = tricks["missing-module"]
     assert res["score"] == 0
     assert all("no regular file lesson_03/attention.py" in t["output"] for t in res["tests"] if t["max_score"] > 0)

@@ -38,6 +38,7 @@ def test_student_notebook_hides_solutions_and_hidden_tests():
 ALL_NOTEBOOKS = sorted((REPO / "solutions_private").glob("lesson_[0-9][0-9]/*.ipynb"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("notebook", ALL_NOTEBOOKS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_reference_notebooks_run_headless(tmp_path: Path, monkeypatch, notebook: Path):
     """Every lab notebook executes top to bottom (nbclient) against the reference code."""
@@ -61,6 +62,7 @@ def graded_reference(tmp_path_factory) -> tuple[list[labs.NotebookGrade], str, P
     return grades, note, out
 
 
+@pytest.mark.slow
 def test_manual_grades_survive_a_regrade_of_the_same_submission(tmp_path: Path):
     """Formgrader's manual grades are read back; re-grading an unchanged submission keeps them."""
     from nbgrader.api import Gradebook
@@ -83,6 +85,7 @@ def test_manual_grades_survive_a_regrade_of_the_same_submission(tmp_path: Path):
     assert changed.manual_score is None and "unchanged" not in note, "a changed submission is graded afresh"
 
 
+@pytest.mark.slow
 def test_autograde_gives_reference_full_marks(graded_reference):
     grades, note, out = graded_reference
     (grade,) = grades
@@ -90,15 +93,17 @@ def test_autograde_gives_reference_full_marks(graded_reference):
     assert grade.manual_max == 3.0, "the reflection cell waits for the formgrader"
     assert (out / "nbgrader" / "gradebook.db").exists() and (out / "nbgrader" / "autograded").is_dir()
     if os.geteuid() == 0:
-        assert "uid 65534" in note
+        assert "own uid" in note
 
 
+@pytest.mark.slow
 def test_autograde_gives_student_version_zero(tmp_path: Path):
     folder = lesson_copy(tmp_path / "sub", REPO / "exercises" / "lesson_03" / NOTEBOOK)
     (grade,), _ = labs.autograde(REPO, "03", folder, MODULES, tmp_path / "out")
     assert grade.max_score == 4.0 and grade.score == 0.0
 
 
+@pytest.mark.slow
 def test_failed_autograde_leaves_no_stale_score(graded_reference, tmp_path: Path):
     _, _, out = graded_reference
     nb = nbformat.read(SOURCE / NOTEBOOK, as_version=4)
@@ -111,6 +116,7 @@ def test_failed_autograde_leaves_no_stale_score(graded_reference, tmp_path: Path
     assert grade.problem is not None or all(c["score"] == 0 for c in grade.cells if not c["manual"])
 
 
+@pytest.mark.slow
 def test_missing_notebook_is_reported(tmp_path: Path):
     folder = lesson_copy(tmp_path / "sub", SOURCE / NOTEBOOK)
     (folder / NOTEBOOK).unlink()
@@ -118,6 +124,7 @@ def test_missing_notebook_is_reported(tmp_path: Path):
     assert grade.score == 0.0 and grade.problem == "notebook missing from the submission"
 
 
+@pytest.mark.slow
 def test_kernel_cannot_read_the_gradebook_or_sources(tmp_path: Path):
     if os.geteuid() != 0:
         pytest.skip("the kernel sandbox needs a root grader")
@@ -134,7 +141,7 @@ def test_kernel_cannot_read_the_gradebook_or_sources(tmp_path: Path):
         "leaks = [p for p, ok in seen.items() if ok and ('source' in p or 'gradebook' in p or 'release' in p)]\n"
         f"leaks += [p for p in ({str(REPO / 'solutions_private')!r},) if readable(p)]\n"
         "assert not leaks, leaks\n"
-        "assert os.getuid() == 65534\n"
+        "assert 60000 <= os.getuid() < 65534\n"
         "def attention_entropy(weights):\n"
         "    return -(weights * weights.clamp_min(1e-30).log()).sum(dim=-1)\n"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,7 @@ def full_report(tmp_path_factory) -> tuple[dict, Path]:
     return rubric.score(lessons.load("03"), student_repo(tmp / "student"), out), out
 
 
+@pytest.mark.serial  # full marks include the CPU speed verdict
 def test_complete_submission_scores_every_automatic_criterion(full_report):
     report, out = full_report
     c = report["criteria"]
@@ -112,8 +114,47 @@ def test_every_lesson_with_a_lab_has_a_valid_rubric(number: str):
     if not notebooks:
         assert not lesson.lab_modules, f"lesson {number} names lab modules but has no notebook"
         return
-    cfg = rubric.load_config(lesson.graders_dir / "rubric.toml")
+    cfg = rubric.load_config(lesson)
     assert sum(cfg["weights"].values()) == 100
     for stem in lesson.lab_modules:
         assert (REPO / "solutions_private" / lesson.dirname / f"{stem}.py").exists()
     assert cfg["reflection"]["notes"] == f"labs/{lesson.dirname}/notes.md"
+
+
+def test_hostile_files_are_findings_and_a_forged_result_is_regraded(tmp_path: Path):
+    """Before: notes.md -> /dev/zero raised MemoryError (no rubric.json), and any results.json in OUT was trusted."""
+    root = student_repo(tmp_path / "student", runs=False, notes=None)
+    stub = REPO / "exercises" / "lesson_03" / "attention.py"
+    shutil.copy(stub, root / "exercises" / "lesson_03" / "attention.py")
+    (root / "labs" / "lesson_03").mkdir(parents=True)
+    (root / "labs" / "lesson_03" / "notes.md").symlink_to("/dev/zero")
+    elsewhere = tmp_path / "elsewhere" / "run-0"  # a run folder outside the submission, linked in
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "config.json").write_text(json.dumps({"entrypoint": "exercises/lesson_03/lab_experiment.py:main"}))
+    runs = root / "runs"
+    runs.mkdir()
+    (runs / "linked").symlink_to(elsewhere)
+    (runs / "zero").mkdir()
+    (runs / "zero" / "config.json").symlink_to("/dev/zero")
+    (runs / "fifo").mkdir()
+    os.mkfifo(runs / "fifo" / "config.json")  # would block a plain open()
+    huge = runs / "huge"
+    huge.mkdir()
+    (huge / "config.json").write_text(json.dumps({"entrypoint": "exercises/lesson_03/lab_experiment.py:main", "seeds": [0]}))
+    with open(huge / "metrics.jsonl", "wb") as f:
+        f.truncate(200 << 20)  # 200 MB (sparse): over the cap
+    out = tmp_path / "out"
+    out.mkdir()
+    forged = {"score": 28.0, "max_score": 28.0, "tests": [], "output": "forged", "extra_data": {}}
+    (out / "results.json").write_text(json.dumps(forged))
+    report = rubric.score(lessons.load("03"), root, out)
+    assert json.loads((out / "rubric.json").read_text()) == report
+    c = report["criteria"]
+    assert any("notes.md not read" in x and "symbolic link" in x for x in c["reflection"]["lost"]), c["reflection"]
+    assert c["reflection"]["score"] == 0
+    lost = "\n".join(c["reproducibility"]["lost"])
+    assert "linked: a symbolic link" in lost and "zero: config.json unreadable" in lost, lost
+    assert "fifo: config.json unreadable" in lost and "not a regular file" in lost, lost
+    assert "huge: metrics.jsonl missing or not JSON lines" in lost and "byte limit" in lost, lost
+    assert "hidden graders: 0/28" in c["implementation"]["found"], "the forged results.json must not be used"
+    assert json.loads((out / "results.json").read_text())["extra_data"]["provenance"]["lesson"] == "03"

@@ -1,4 +1,7 @@
-"""``llm-grade``: grade submissions (one or a class), keep exercises/ in sync, export to Gradescope, release."""
+"""``llm-grade``: grade submissions (one or a class), keep exercises/ in sync, export to Gradescope, release.
+
+Each command imports what it needs when it runs (torch, nbgrader), so ``llm-grade --help`` starts fast.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +10,33 @@ import sys
 import time
 from pathlib import Path
 
-from graders.engine import gradescope, lessons, release, sync
-from graders.engine.sandbox import REPO_ROOT
+from graders.engine import lessons
+from graders.engine.launcher import SandboxUnavailable
+from graders.engine.lessons import REPO_ROOT  # not sandbox: it imports torch
+
+
+def _allow_unsandboxed(args: argparse.Namespace) -> None:
+    """--allow-unsandboxed reaches every worker this command starts (grading process, rubric rerun, kernels)."""
+    import os
+
+    from graders.engine import launcher
+
+    os.environ[launcher.ALLOW_ENV] = "1" if args.allow_unsandboxed else "0"
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from graders.engine import results
     from graders.engine.run import grade
 
+    _allow_unsandboxed(args)
     out = Path(args.out)
     if args.lesson != "all":
         res = grade(lessons.load(args.lesson), Path(args.submission), out, keyword=args.k, call_timeout=args.call_timeout)
         print(results.table(res))
         print(f"results: {out / 'results.json'}")
-        return 0
+        return 1 if results.problems(res) else 0  # a grading problem: the score is not final
     # Every lesson with graders, each into out/lesson_NN/; a lesson the submission lacks is reported.
-    graded = 0
+    graded = problems = 0
     for number in lessons.available():
         lesson = lessons.load(number)
         try:
@@ -31,14 +45,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"lesson {number}: not graded: {exc}\n")
             continue
         graded += 1
+        problems += bool(results.problems(res))
         print(results.table(res))
         print(f"results: {out / lesson.dirname / 'results.json'}\n")
     if not graded:
         raise lessons.GradingSetupError(f"submission {args.submission} has no lesson_NN/ folder for any graded lesson")
-    return 0
+    return 1 if problems else 0
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
+    from graders.engine import sync
+
     root = Path(args.root)
     only = lessons.normalise(args.lesson) if args.lesson else None
     if args.check:
@@ -70,18 +87,26 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     print(f"{len(rows)} student(s): {len(graded)} graded ({reused} from earlier runs), {len(rows) - len(graded)} not graded")
     for r in rows:
         if r.status != "graded":
-            print(f"  not graded: {r.student}: {r.reason}")
+            print(f"  {r.status}: {r.student}: {r.reason}")
     print(f"grades: {out / 'grades.csv'}\npass rates: {out / 'pass_rates.csv'}\nwall time: {time.perf_counter() - t0:.1f} s")
+    troubled = [r.student for r in rows if r.problems]
+    if troubled:  # the grader failed for these students: their scores are not final
+        print(f"llm-grade: {len(troubled)} student(s) with grading problems: {', '.join(troubled[:10])}", file=sys.stderr)
+        return 1
     return 0
 
 
 def _cmd_gradescope(args: argparse.Namespace) -> int:
+    from graders.engine import gradescope
+
     names = gradescope.build(lessons.load(args.lesson), Path(args.out))
     print(f"wrote {args.out} ({len(names)} files): upload it as the Gradescope autograder")
     return 0
 
 
 def _cmd_release(args: argparse.Namespace) -> int:
+    from graders.engine import release
+
     entries = release.build(Path(args.out), force=args.force)
     print(f"wrote the student release to {args.out}: {', '.join(e.name for e in entries)}")
     return 0
@@ -90,10 +115,14 @@ def _cmd_release(args: argparse.Namespace) -> int:
 def _cmd_rubric(args: argparse.Namespace) -> int:
     from graders.engine import rubric
 
+    _allow_unsandboxed(args)
     report = rubric.score(lessons.load(args.lesson), Path(args.submission), Path(args.out))
     print(rubric.render(report))
     print(f"rubric: {Path(args.out) / 'rubric.json'}")
     return 0
+
+
+UNSANDBOXED_HELP = "as root without bubblewrap or unshare: grade anyway, student code as a per-worker uid (never root)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,11 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="folder for results.json (with --lesson all: OUT/lesson_NN/results.json)")
     run.add_argument("--call-timeout", type=float, default=60.0, help="seconds allowed for one call into student code")
     run.add_argument("-k", help="only hidden tests matching this pytest -k expression (for debugging graders)")
+    run.add_argument("--allow-unsandboxed", action="store_true", help=UNSANDBOXED_HELP)
     run.set_defaults(func=_cmd_run)
     rub = sub.add_parser("rubric", help="score the five-criteria rubric (hidden tests, notebooks, runs, rerun, notes)")
     rub.add_argument("--lesson", required=True, help="lesson number, e.g. 03")
     rub.add_argument("--submission", required=True, help="a student repo root (with exercises/, runs/, labs/)")
     rub.add_argument("--out", required=True, help="folder for rubric.json, rubric.md (and results.json if absent)")
+    rub.add_argument("--allow-unsandboxed", action="store_true", help=UNSANDBOXED_HELP)
     rub.set_defaults(func=_cmd_rubric)
     syn = sub.add_parser("sync", help="write exercises/ stubs from solutions_private/")
     syn.add_argument("--check", action="store_true", help="exit 1 and show the diff if exercises/ drifted")
@@ -139,9 +170,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (lessons.GradingSetupError, sync.SyncError, gradescope.ExportError, release.ReleaseError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _setup_errors()):
+            raise
         print(f"llm-grade: error: {exc}", file=sys.stderr)
         return 2
+
+
+# One-line setup errors, by module: a command imports its module only when it runs (a fast --help).
+SETUP_ERRORS = {"sync": "SyncError", "gradescope": "ExportError", "release": "ReleaseError"}
+
+
+def _setup_errors() -> tuple[type[Exception], ...]:
+    loaded = [getattr(sys.modules[f"graders.engine.{m}"], name) for m, name in SETUP_ERRORS.items()
+              if f"graders.engine.{m}" in sys.modules]  # fmt: skip
+    return (lessons.GradingSetupError, SandboxUnavailable, *loaded)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 from graders.engine import lessons
-from graders.engine.sandbox import REPO_ROOT
+from graders.engine.lessons import REPO_ROOT  # not sandbox's: that imports torch
 
 SKIP_PARTS = {"__pycache__", ".pytest_cache", ".ipynb_checkpoints", ".venv", "tests", "exercises"}
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
@@ -58,10 +58,13 @@ LESSON=@LESSON@
 SUB="$ROOT/submission"
 mkdir -p "$ROOT/results"
 # An upload of bare files (no exercises/ or lesson_NN/ folder) is graded as lesson_NN/ itself.
-if [ ! -d "$SUB/exercises/lesson_$LESSON" ] && [ ! -d "$SUB/lesson_$LESSON" ]; then
+# `-d` follows links, and this path is fixed: a link (exercises/ or lesson_NN/ pointing at
+# source/solutions_private/...) is never flattened here; `llm-grade run` refuses it with the reason.
+present() { [ -e "$1" ] || [ -L "$1" ]; }
+if ! present "$SUB/exercises/lesson_$LESSON" && ! present "$SUB/lesson_$LESSON" && [ ! -L "$SUB/exercises" ]; then
     FLAT="$(mktemp -d)"
     mkdir -p "$FLAT/lesson_$LESSON"
-    cp -R "$SUB/." "$FLAT/lesson_$LESSON/" 2>/dev/null || true
+    cp -R -P "$SUB/." "$FLAT/lesson_$LESSON/" 2>/dev/null || true  # links stay links: the grader refuses them
     chmod -R a+rX "$FLAT"
     SUB="$FLAT"
 fi

@@ -10,9 +10,9 @@ directory and its config are generated here, never kept by hand:
 - ``autograde``: a fresh course per submission under ``OUT/nbgrader/`` with a real
   SQLite gradebook; ``nbgrader autograde`` runs as the grader inside an empty network
   namespace with loopback up (the kernel talks to nbgrader over 127.0.0.1), and the
-  kernel that runs student code is started through a sandboxing kernelspec: hidden
-  instructor tree, uid 65534. A fresh gradebook per run means a failed run can never
-  leave a stale score. Manual cells stay ungraded for nbgrader's formgrader.
+  kernel that runs student code is started through a sandboxing kernelspec
+  (``kernel_launch.py``: the worker's launcher, allow-list file system, a uid and cgroup of
+  its own). A fresh gradebook per run means a failed run can never leave a stale score. Manual cells stay ungraded for nbgrader's formgrader.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class NotebookGrade:
     manual_score: float | None = None  # None until every manual cell is graded in formgrader
 
 
-def _kernelspec(course: Path, sandbox: bool, hide: list[str]) -> Path:
+def _kernelspec(course: Path, sandbox: bool) -> Path:
     """A `python3` kernelspec that starts the kernel through the sandbox (see kernel_launch.py)."""
     spec_dir = course / ".jupyter" / "kernels" / "python3"
     spec_dir.mkdir(parents=True, exist_ok=True)
@@ -108,8 +108,6 @@ def _kernelspec(course: Path, sandbox: bool, hide: list[str]) -> Path:
     if not sandbox:
         argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
     spec = {"argv": argv, "display_name": "Python 3 (sandboxed)", "language": "python"}
-    if sandbox:
-        spec["env"] = {"LLMG_KERNEL_HIDE": json.dumps(hide)}
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
     return spec_dir.parent.parent
 
@@ -122,14 +120,15 @@ def autograde(root: Path, lesson: str, submission_lesson_dir: Path, modules: tup
     instructor's tree, which the kernel must not see) and copied to ``OUT/nbgrader/``
     afterwards, gradebook included, for the formgrader.
     """
-    from graders.engine import sandbox
+    from graders.engine import launcher, runroot, sandbox
 
     dest = out_dir / "nbgrader"
     reused = _unchanged_course(dest, root, lesson, submission_lesson_dir, modules)
     if reused is not None:
         return reused, "notebook grades read from OUT/nbgrader (submission unchanged since it was autograded)"
-    with tempfile.TemporaryDirectory(prefix="llmg-nbcourse-") as tmp:
-        os.chmod(tmp, 0o755)  # the kernel (uid 65534) must reach its notebook folder
+    mode, weakened = launcher.choose()  # SandboxUnavailable under root without a sandbox (fail closed)
+    with runroot.run_root() as run, tempfile.TemporaryDirectory(prefix="nbcourse-", dir=run) as tmp:
+        os.chmod(tmp, 0o755)  # the kernel's uid must reach its notebook folder (bubblewrap binds it as that uid)
         course = Path(tmp) / "course"
         notebooks = make_course(course, root, lesson)  # fresh gradebook: no stale score survives
         if not notebooks:
@@ -148,21 +147,24 @@ def autograde(root: Path, lesson: str, submission_lesson_dir: Path, modules: tup
             if src.is_file() and not src.is_symlink():
                 shutil.copy(src, submitted / src.name)
         shutil.copytree(sandbox.REPO_ROOT / "labkit", submitted / "labkit", ignore=shutil.ignore_patterns("__pycache__"))
-        strong = sandbox.namespaces_available()
-        # The kernel sees its own notebook folder, never the sources, hidden tests or gradebook.
-        hidden = [str(p) for p in (sandbox.REPO_ROOT, *hide)]
-        hidden += [str(course / n) for n in ("source", "release", "gradebook.db", "nbgrader_config.py", ".runtime")]
+        # The kernel sees an allow-list (system, venv, its notebook folder): never the sources,
+        # hidden tests, gradebook or another kernel's connection file; it runs as a uid of its own.
+        strong = mode != "none" or os.geteuid() == 0
         env = _env()
-        env["JUPYTER_PATH"] = str(_kernelspec(course, strong, hidden))
+        env["JUPYTER_PATH"] = str(_kernelspec(course, strong))
         env["JUPYTER_RUNTIME_DIR"] = str(course / ".runtime")
         env["HOME"] = str(course / ".home")
         for d in (course / ".runtime", course / ".home"):
             d.mkdir(exist_ok=True)
-        wrap, note = None, "notebook kernel: not sandboxed (grader is not root or unshare is unavailable)"
+        wrap, note = None, f"notebook kernel: not sandboxed ({weakened})"
         if strong:
-            # nbgrader (trusted) in an empty network namespace with loopback up; the kernel drops privileges.
+            note = f"notebook kernel: launcher {mode}, file-system allow-list, own uid, cgroup, private /tmp and IPC"
+            if weakened:
+                note = f"notebook kernel: launcher {mode}, WEAKENED: {weakened}"
+        if os.geteuid() == 0 and shutil.which("unshare"):
+            # nbgrader (trusted) in an empty network namespace with loopback up; the kernel shares it.
             wrap = ["unshare", "--net", "--fork", "--kill-child", sys.executable, "-I", str(ENGINE_DIR / "lo_up.py")]
-            note = "notebook kernel: empty network namespace (loopback up), instructor tree and gradebook hidden, uid 65534"
+            note += "; empty network namespace (loopback up)"
         problem = None
         if len(missing) < len(notebooks):
             proc = _nbgrader(course, "autograde", f"lesson_{lesson}", "--student", STUDENT, env=env, wrap=wrap,

@@ -62,11 +62,18 @@ class Remote:
         return grads
 
 
-def new(worker: Worker, module: str, cls: str, *args: object, device: str = "cpu", **kwargs: object) -> Remote:
-    """Build ``module.cls(*args, **kwargs)`` in the worker (Remote refs in args are resolved there)."""
-    handle, _ = worker.request(
-        {"op": "new", "module": module, "function": cls, "args": list(args), "kwargs": kwargs, "device": device}
-    )
+def new(
+    worker: Worker, module: str, cls: str, *args: object, device: str = "cpu", default_dtype: torch.dtype | None = None,
+    **kwargs: object,
+) -> Remote:
+    """Build ``module.cls(*args, **kwargs)`` in the worker (Remote refs in args are resolved there).
+
+    ``default_dtype``: built under ``torch.set_default_dtype`` in the same request (put back after).
+    """
+    req = {"op": "new", "module": module, "function": cls, "args": list(args), "kwargs": kwargs, "device": device}
+    if default_dtype is not None:
+        req["dtype"] = str(default_dtype).removeprefix("torch.")
+    handle, _ = worker.request(req)
     if type(handle) is not int:
         raise StudentError(f"building {module}.{cls} gave no handle")
     return Remote(worker, handle, worker.starts, f"{module}.{cls}")

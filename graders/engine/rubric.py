@@ -1,4 +1,4 @@
-"""The course rubric, scored: five criteria, weights per lesson in ``graders/lesson_NN/rubric.toml``.
+"""The course rubric, scored: five criteria; defaults in ``rubric_defaults.toml``, overrides in each ``lesson.toml``.
 
 Automatic parts: implementation (hidden graders + nbgrader autograded cells),
 measurement quality (a baseline and more than one run or seed), reproducibility (run
@@ -17,7 +17,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from graders.engine import labs, lessons, results
+from graders.engine import labs, lessons, provenance, results, safepath
 from graders.engine.sandbox import REPO_ROOT, StudentError, Worker, WorkerDied
 
 CRITERIA = ("conceptual_clarity", "implementation", "measurement_quality", "reproducibility", "reflection")
@@ -31,6 +31,11 @@ SECTIONS = {
 }
 PLACEHOLDER = re.compile(r"^\s*(todo|tbd|fill me|lorem ipsum|\.\.\.|-|n/a)\s*$", re.I)
 TIME_KEY = re.compile(r"(_ms|_s|_seconds)$")
+# Student files are read as regular files under these caps (a link, /dev/zero or a 10 GB file is a finding).
+MAX_JSON_BYTES = 1 << 20
+MAX_METRICS_BYTES = 16 << 20
+MAX_NOTES_BYTES = 1 << 20
+MAX_RUNS = 200
 
 
 @dataclass
@@ -42,14 +47,21 @@ class Criterion:
     lost: list[str] = field(default_factory=list)
 
 
-def load_config(path: Path) -> dict:
-    """A lesson's rubric.toml, checked: one-line errors for a missing or malformed file."""
-    if not path.exists():
-        raise lessons.GradingSetupError(f"no rubric config at {path}")
-    try:
-        cfg = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise lessons.GradingSetupError(f"{path} is not valid TOML: {exc}") from None
+def load_config(source: lessons.Lesson | Path) -> dict:
+    """A lesson's rubric (defaults merged with its lesson.toml overrides), or a standalone TOML file, checked.
+
+    One-line errors for a missing or malformed file or weights.
+    """
+    if isinstance(source, lessons.Lesson):
+        cfg, path = source.rubric, source.graders_dir / "lesson.toml"
+    else:
+        path = source
+        if not path.exists():
+            raise lessons.GradingSetupError(f"no rubric config at {path}")
+        try:
+            cfg = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise lessons.GradingSetupError(f"{path} is not valid TOML: {exc}") from None
     weights = cfg.get("weights", {})
     if set(weights) != set(CRITERIA) or not all(isinstance(w, int | float) and w >= 0 for w in weights.values()):
         raise lessons.GradingSetupError(f"{path}: [weights] must give a number >= 0 for each of {', '.join(CRITERIA)}")
@@ -61,36 +73,64 @@ def find_runs(project: Path, lesson: lessons.Lesson) -> tuple[list[dict], list[s
     """The lesson's labkit runs under PROJECT/runs (and the lesson folder's runs/), and problems found."""
     runs, problems = [], []
     lesson_dir = f"lesson_{lesson.number}/"
-    roots = [project / "runs", project / "exercises" / lesson.dirname / "runs"]
-    for run_dir in sorted(p for root in roots if root.is_dir() for p in root.iterdir() if p.is_dir()):
-        config_path = run_dir / "config.json"
-        if not config_path.exists():
+    run_dirs = []
+    for root in (Path("runs"), Path("exercises", lesson.dirname, "runs")):
+        try:
+            if safepath.kind(project, root) != "dir":
+                continue
+            listed = safepath.entries(project, root)
+        except (safepath.UnsafePath, OSError) as exc:
+            problems.append(f"{root}: {exc}"[:200])
+            continue
+        for name, kind in listed:
+            if kind == "link":
+                problems.append(f"{name}: a symbolic link, not a run folder (links are refused)")
+            elif kind == "dir":
+                run_dirs.append(project / root / name)
+    if len(run_dirs) > MAX_RUNS:
+        problems.append(f"{len(run_dirs)} run folders: only the first {MAX_RUNS} are read")
+    for run_dir in sorted(run_dirs)[:MAX_RUNS]:
+        try:
+            config = json.loads(safepath.read_text(project, run_dir / "config.json", MAX_JSON_BYTES))
+        except FileNotFoundError:
             problems.append(f"{run_dir.name}: no config.json (not a labkit run)")
             continue
-        try:
-            config = json.loads(config_path.read_text())
-        except json.JSONDecodeError:
+        except (safepath.UnsafePath, OSError) as exc:
+            problems.append(f"{run_dir.name}: config.json unreadable: {exc}"[:200])
+            continue
+        except ValueError:
             problems.append(f"{run_dir.name}: config.json is not valid JSON")
+            continue
+        if not isinstance(config, dict) or not isinstance(config.get("config", {}), dict):
+            problems.append(f"{run_dir.name}: config.json is not a JSON object with a `config` object")
             continue
         if lesson_dir not in str(config.get("entrypoint") or "") and lesson_dir.rstrip("/") not in str(run_dir):
             continue  # another lesson's run
-        runs.append(_read_run(run_dir, config, problems))
+        runs.append(_read_run(project, run_dir, config, problems))
     return runs, problems
 
 
-def _read_run(run_dir: Path, config: dict, problems: list[str]) -> dict:
+def _read_run(project: Path, run_dir: Path, config: dict, problems: list[str]) -> dict:
     run = {"dir": run_dir, "name": run_dir.name, "config": config, "env": None, "metrics": [], "summary": None, "ok": True}
     for name, key in (("env.json", "env"), ("summary.json", "summary")):
         try:
-            run[key] = json.loads((run_dir / name).read_text())
-        except (OSError, json.JSONDecodeError):
-            problems.append(f"{run_dir.name}: {name} missing or unreadable")
+            value = json.loads(safepath.read_text(project, run_dir / name, MAX_JSON_BYTES))
+            run[key] = value if isinstance(value, dict) else None
+            if run[key] is None:
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError, safepath.UnsafePath) as exc:
+            why = f": {exc}" if isinstance(exc, safepath.UnsafePath) else ""
+            problems.append(f"{run_dir.name}: {name} missing or unreadable{why}"[:200])
             run["ok"] = False
     try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        lines = safepath.read_text(project, run_dir / "metrics.jsonl", MAX_METRICS_BYTES).splitlines()
         run["metrics"] = [json.loads(line) for line in lines if line.strip()]
-    except (OSError, json.JSONDecodeError):
-        problems.append(f"{run_dir.name}: metrics.jsonl missing or not JSON lines")
+        if not all(isinstance(row, dict) for row in run["metrics"]):
+            raise ValueError("a line is not a JSON object")
+    except (OSError, ValueError, safepath.UnsafePath) as exc:
+        why = f": {exc}" if isinstance(exc, safepath.UnsafePath) else ""
+        problems.append(f"{run_dir.name}: metrics.jsonl missing or not JSON lines{why}"[:200])
+        run["metrics"] = []
         run["ok"] = False
     if run["ok"] and not run["metrics"]:
         problems.append(f"{run_dir.name}: no metrics logged")
@@ -109,8 +149,12 @@ def _read_run(run_dir: Path, config: dict, problems: list[str]) -> dict:
     if inconsistent:
         problems.append(f"{run_dir.name}: summary values not found in metrics.jsonl: {', '.join(inconsistent[:4])}")
         run["ok"] = False
-    artifacts = run_dir / "artifacts"
-    run["artifacts"] = sorted(p.name for p in artifacts.rglob("*") if p.is_file()) if artifacts.is_dir() else []
+    try:  # names only; linked folders are not entered, links are not counted
+        found = safepath.kind(project, run_dir / "artifacts") == "dir"
+        run["artifacts"] = sorted(Path(f).name for f in safepath.regular_files(project, run_dir / "artifacts")) if found else []
+    except (safepath.UnsafePath, OSError) as exc:
+        problems.append(f"{run_dir.name}: artifacts: {exc}"[:200])
+        run["artifacts"] = []
     return run
 
 
@@ -133,7 +177,8 @@ def _close(value: object, candidates: object, rtol: float) -> bool:
 def implementation(crit: Criterion, res: dict, notebooks: list[labs.NotebookGrade], share: float) -> None:
     hidden = res["score"] / res["max_score"] if res["max_score"] else 0.0
     crit.found.append(f"hidden graders: {res['score']:g}/{res['max_score']:g}")
-    crit.lost += [f"hidden test failed: {t['name']}" for t in res["tests"] if t["score"] < t["max_score"]][:8]
+    crit.lost += [f"{'grading problem (the grader, not the student)' if results.verdict(t) == results.PROBLEM_TAG else 'hidden test failed'}: "
+                  f"{t['name']}" for t in res["tests"] if t["score"] < t["max_score"]][:8]  # fmt: skip
     auto_max = sum(nb.max_score for nb in notebooks)
     if auto_max:
         auto = sum(nb.score for nb in notebooks)
@@ -194,14 +239,20 @@ def reproducibility(crit: Criterion, runs: list[dict], problems: list[str], cfg:
 
 
 def reflection(crit: Criterion, project: Path, cfg: dict) -> None:
-    path = project / cfg.get("notes", "notes.md")
-    if not path.exists():
-        crit.lost.append(f"{path.relative_to(project)} is missing")
+    rel = cfg.get("notes", "notes.md")
+    try:
+        text = safepath.read_text(project, rel, MAX_NOTES_BYTES)
+    except FileNotFoundError:
+        crit.lost.append(f"{rel} is missing")
+        crit.score = 0.0
+        return
+    except (safepath.UnsafePath, OSError) as exc:  # a link (to /dev/zero, say), a FIFO, a huge file
+        crit.lost.append(f"{rel} not read: {exc}"[:300])
         crit.score = 0.0
         return
     sections: dict[str, str] = {}
     current = None
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in text.splitlines():
         if line.lstrip().startswith("#"):
             heading = line.lower()
             current = next((k for k, pat in SECTIONS.items() if re.search(pat, heading) and k not in sections), None)
@@ -254,11 +305,11 @@ def rerun_latest(lesson: lessons.Lesson, lesson_dir: Path, runs: list[dict], cfg
     run = candidates[-1]
     entry, _, function = str(run["config"]["entrypoint"]).rpartition(":")
     stem = Path(entry).stem
-    if stem not in lesson.lab_modules + lesson.modules:
+    if stem not in lesson.lab_modules + lesson.sandbox_modules:
         return {"run": run["name"], "ok": False, "why": f"entrypoint {entry} is not one of the lesson's lab files", "seconds": 0.0}
     t0 = time.perf_counter()
     modules = tuple(dict.fromkeys(lesson.modules + lesson.lab_modules))
-    with Worker(lesson_dir, modules, timeout=float(cfg.get("rerun_timeout", 300)), hide=hide,
+    with Worker(lesson_dir, modules, provided=lesson.provided, timeout=float(cfg.get("rerun_timeout", 300)), hide=hide,
                 trusted_trees=(REPO_ROOT / "labkit",)) as worker:
         try:
             args = (f"{stem}.py", function, run["config"].get("config", {}), run["config"]["seeds"][0])
@@ -288,16 +339,18 @@ def rerun_latest(lesson: lessons.Lesson, lesson_dir: Path, runs: list[dict], cfg
 # ---------------------------------------------------------------------------- entry point
 def score(lesson: lessons.Lesson, submission: Path, out_dir: Path, *, hide: tuple[Path, ...] = ()) -> dict:
     """Score the rubric for one submission; write OUT/rubric.json and OUT/rubric.md."""
-    from graders.engine.run import grade
+    from graders.engine.run import CALL_TIMEOUT, grade
 
-    cfg = load_config(lesson.graders_dir / "rubric.toml")
+    cfg = load_config(lesson)
     submission = submission.resolve()
     lesson_dir = lessons.find_lesson_dir(submission, lesson)
-    project = submission if (submission / "exercises").is_dir() else lesson_dir.parent
+    project = submission  # notes, runs and labs are read inside the submission, never above it
     out_dir = out_dir.resolve()
-    results_path = out_dir / "results.json"
-    res = json.loads(results_path.read_text()) if results_path.exists() else grade(lesson, submission, out_dir, hide=hide)
-    notebooks, nb_note = labs.autograde(REPO_ROOT, lesson.number, lesson_dir, lesson.modules + lesson.lab_modules,
+    # An earlier results.json stands only if it is this grading exactly (lesson, files, graders, no -k, no problem).
+    res = provenance.reusable(out_dir / "results.json", lesson, lesson_dir, keyword=None, call_timeout=CALL_TIMEOUT)
+    if res is None:
+        res = grade(lesson, submission, out_dir, hide=hide)
+    notebooks, nb_note = labs.autograde(REPO_ROOT, lesson.number, lesson_dir, lesson.sandbox_modules + lesson.lab_modules,
                                         out_dir, hide=(*hide, submission))
     runs, problems = find_runs(project, lesson)
     rerun = rerun_latest(lesson, lesson_dir, runs, cfg.get("reproducibility", {}), (*hide, out_dir, submission))
@@ -320,6 +373,7 @@ def score(lesson: lessons.Lesson, submission: Path, out_dir: Path, *, hide: tupl
         "max_score": round(sum(c.max for c in crits.values()), 2),
         "automatic_max": round(sum(c.max for c in automatic), 2),
         "pending_manual": [c.name for c in crits.values() if c.score is None],
+        "grading_problems": results.problems(res),  # the hidden tests' score is not final while this is not empty
         "criteria": {c.name: {**asdict(c), "score": None if c.score is None else round(c.score, 2)} for c in crits.values()},
         "notebook_sandbox": nb_note,
         "rerun": None if rerun is None else {k: v for k, v in rerun.items() if k != "seconds"} | {"seconds": round(rerun["seconds"], 2)},
@@ -333,6 +387,7 @@ def render(report: dict) -> str:
     lines = [f"# Rubric, lesson {report['lesson']}", "",
              f"Automatic score: {report['score']:g} / {report['automatic_max']:g} "
              f"(of {report['max_score']:g}; pending manual: {', '.join(report['pending_manual']) or 'none'})", ""]
+    lines += [f"NOT FINAL: grading problem: {p}" for p in report.get("grading_problems", [])]
     for c in report["criteria"].values():
         got = "pending (manual)" if c["score"] is None else f"{c['score']:g} / {c['max']:g}"
         lines.append(f"## {c['name'].replace('_', ' ')}: {got}")

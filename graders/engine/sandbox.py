@@ -1,44 +1,50 @@
 """Grader side of the trust boundary: start, talk to and kill the sandboxed worker.
 
 Student code runs only in the worker (``worker_main.py``). This module copies the
-lesson's allow-listed module files into a fresh folder, starts the worker with the
-strongest protections this machine offers, sends it plain-data requests and
-checks every reply by exact type (``plaindata.py``). A worker that crashes, hangs
-or exits is killed with its whole process group; the next request starts a new
-one. Which protections were on is reported in :attr:`Worker.protections`.
+lesson's allow-listed module files into a fresh folder under the run's private folder
+(``runroot.py``), starts the worker through the strongest launcher this machine has
+(``launcher.py``: bubblewrap or unshare, an allow-list file system, a per-worker uid),
+in a cgroup of its own (``cgroup.py``), sends it plain-data requests and checks every
+reply by exact type (``plaindata.py``). A worker that crashes, hangs or exits is killed
+with everything it started (the cgroup, and every process of its uid); the next request
+starts a new one. A root grader never runs student code as root: when no sandbox can be
+built it raises :class:`SandboxUnavailable` unless weakened modes were allowed. Which
+protections were on is reported in :attr:`Worker.protections`.
 """
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import fcntl
-import functools
-import io
-import json
 import os
 import resource
 import select
 import shutil
 import signal
-import stat
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from graders.engine.plaindata import NotPlainData, check_plain
+from graders.engine import launcher, runroot, wire
+from graders.engine.cgroup import PREFIX as CGROUP_PREFIX
+from graders.engine.cgroup import Cgroup
+from graders.engine.launcher import SandboxUnavailable
+from graders.engine.plaindata import check_plain, shorten
 
-_HEADER = struct.Struct(">Q")
+__all__ = ["Protections", "SandboxUnavailable", "StudentError", "Worker", "WorkerDied", "run_root"]
+
 ENGINE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = ENGINE_DIR.parent.parent
-NOBODY = 65534
 MAX_REPLY_BYTES = 1 << 30
 MAX_MODULE_BYTES = 1 << 20
+PIDS_MAX = 1024  # threads count: a thread bomb stops here, in its own cgroup, not in a concurrent worker
+run_root = runroot.run_root
 
 
 class StudentError(Exception):
@@ -46,62 +52,88 @@ class StudentError(Exception):
 
 
 class WorkerDied(Exception):
-    """The worker crashed, hung, exited or sent garbage; it has been killed."""
+    """The worker crashed, hung, exited or sent garbage; it has been killed.
+
+    ``kind`` is one of "timeout", "exited", "killed", "protocol", "launch", "broken";
+    ``seconds`` is the budget that ran out (timeouts) or None.
+    """
+
+    KINDS = ("timeout", "exited", "killed", "protocol", "launch", "broken")
+
+    def __init__(self, message: str, *, kind: str = "exited", seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind if kind in self.KINDS else "exited"
+        self.seconds = seconds
 
 
 @dataclass
 class Protections:
-    """Which sandbox protections are in force; reported in every grading output."""
+    """Which sandbox protections are in force; reported in every grading output (fields and a summary)."""
 
+    launcher: str = "none"  # "bwrap", "unshare" or "none"
+    uid: int | None = None  # the uid student code runs as (a per-worker one under a root grader)
+    per_worker_uid: bool = False
+    filesystem: str = "full"  # "allow-list": only system folders, the venv, its own folder; "full": what the uid can read
+    network: bool = False  # an empty network namespace
+    pid_namespace: bool = False
+    ipc_namespace: bool = False
+    private_tmp: bool = False  # private size-capped /tmp, /dev/shm and home
+    cgroup: dict[str, str] = field(default_factory=dict)  # limits in force; {} without a cgroup
+    killed_with_grading: bool = False  # a cgroup or the per-worker uid: nothing it starts survives close()
+    memory_limit: str = "off"
+    weakened: str | None = None  # why this is less than the full sandbox; None when it is the full one
     isolated_folder: bool = True
     clean_environment: bool = True
-    process_group: bool = True
-    memory_limit: str = "off"
-    network: str = "off"
-    uid: str = "off"
-    hidden_tree: str = "off"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
     def summary(self) -> str:
-        return (
-            f"sandbox: network {self.network}; uid {self.uid}; instructor tree hidden {self.hidden_tree}; "
-            f"memory limit {self.memory_limit}; isolated folder, python -I, clean env, own process group on"
+        on = {True: "on", False: "off"}
+        uid = f"on (uid {self.uid}, one per worker)" if self.per_worker_uid else f"off (the grader's uid {self.uid})"
+        hidden = "on (file-system allow-list)" if self.filesystem == "allow-list" else "off (the worker sees the disk)"
+        cg = ", ".join(self.cgroup.values()) if self.cgroup else "none"
+        text = (
+            f"sandbox: launcher {self.launcher}; network {'on (empty network namespace)' if self.network else 'off'}; "
+            f"uid {uid}; instructor tree hidden {hidden}; memory limit {self.memory_limit}; cgroup {cg}; "
+            f"private /tmp, /dev/shm, IPC {on[self.private_tmp and self.ipc_namespace]}; "
+            f"killed with the grading {on[self.killed_with_grading]}; isolated folder, python -I, clean env on"
         )
+        return text + (f"; WEAKENED: {self.weakened}" if self.weakened else "")
 
 
-@functools.cache
-def namespaces_available() -> bool:
-    """True when we are root and util-linux ``unshare`` can make the namespaces we need."""
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        return False
-    probe = ["unshare", "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc", "true"]
-    try:
-        return subprocess.run(probe, capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
+def _proc_children() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    return children
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL it if the grading process dies (no orphaned workers)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+def _tree(pid: int) -> list[int]:
+    """``pid`` and every live descendant (the no-cgroup fallback's view of a worker)."""
+    children, found, todo = _proc_children(), [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo.extend(children.get(p, ()))
+    return found
 
 
-def _readable_by_others(path: Path) -> bool:
-    """Can uid 65534 execute ``path``? (every parent searchable, the file readable+executable)."""
-    path = path.resolve()
-    for parent in path.parents:
-        if not os.stat(parent).st_mode & stat.S_IXOTH:
-            return False
-    mode = os.stat(path).st_mode
-    return bool(mode & stat.S_IROTH and mode & stat.S_IXOTH)
+def _cpu_of(pids: list[int]) -> float:
+    tick, total = os.sysconf("SC_CLK_TCK"), 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / tick
 
 
-def _venv_root() -> Path | None:
-    """The venv this grader runs in, if any (the worker reuses it read-only)."""
-    prefix = Path(sys.prefix)
-    return prefix if (prefix / "pyvenv.cfg").exists() else None
+_counter = iter(range(1 << 62))
 
 
 @dataclass
@@ -109,8 +141,10 @@ class Worker:
     """One sandboxed worker for one lesson folder of one submission.
 
     ``lesson_dir`` is the submission's ``lesson_NN`` folder; only ``modules`` (file
-    stems, e.g. ``("attention",)``) are copied from it. ``hide`` lists extra paths the
-    worker must not see (other submissions, the output folder).
+    stems, e.g. ``("attention",)``) are copied from it. ``hide`` is kept for callers
+    that list paths the worker must not see; the allow-list view hides them anyway.
+    ``allow_unsandboxed`` (default: ``LLMG_ALLOW_UNSANDBOXED=1``) lets a root grader run
+    a weakened worker (still a per-worker uid, never root) when no sandbox can be built.
     """
 
     lesson_dir: Path
@@ -120,24 +154,30 @@ class Worker:
     hide: tuple[Path, ...] = ()
     cuda: bool = False
     trusted_trees: tuple[Path, ...] = ()  # our own packages the student code may import (e.g. labkit)
+    provided: dict[str, Path] = field(default_factory=dict)  # stem -> trusted file (the reference's), never the student's
     protections: Protections = field(default_factory=Protections)
     max_timeouts: int = 3
+    allow_unsandboxed: bool | None = None
     starts: int = 0
     timeouts: int = 0
+    deaths: dict[str, int] = field(default_factory=dict)  # WorkerDied kind -> how many times
     broken: str | None = None  # set when the modules cannot be imported or the worker hangs too often
-    _launch_failure: str | None = None  # why the namespaced launch failed; later starts go without it
     last_start_seconds: float = 0.0
+    _launch_failure: str | None = None  # why the sandboxed launch failed (only with allow_unsandboxed)
     _proc: subprocess.Popen | None = None
     _folder: Path | None = None
     _req_w: int = -1
     _rep_r: int = -1
     _log: Path | None = None
+    _cgroup: Cgroup | None = None
+    _lease: launcher.UidLease | None = None
+    _last_exit: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
-    def _prepare_folder(self) -> Path:
-        folder = Path(tempfile.mkdtemp(prefix="llmg-sandbox-"))
-        os.chmod(folder, 0o755)
-        for stem in self.modules:
+    def _prepare_folder(self, mode: str, uid: int | None) -> Path:
+        """The worker's folder: its modules, owned by root and group-readable by its uid alone."""
+        folder = Path(tempfile.mkdtemp(prefix="w-", dir=runroot.current()))
+        for stem in (m for m in self.modules if m not in self.provided):
             src = self.lesson_dir / f"{stem}.py"
             # Regular files only, no symlinks (a link could point into the instructor's tree).
             if not src.is_file() or src.is_symlink():
@@ -146,91 +186,105 @@ class Worker:
                 self.broken = f"{self.lesson_dir.name}/{src.name} is over {MAX_MODULE_BYTES >> 20} MiB"
             else:
                 shutil.copyfile(src, folder / src.name)
-                os.chmod(folder / src.name, 0o644)
+        for stem, src in self.provided.items():  # given complete to students: graded with our copy, not theirs
+            shutil.copyfile(src, folder / f"{stem}.py")
         shutil.copyfile(ENGINE_DIR / "worker_main.py", folder / "_llmg_worker.py")
+        shutil.copyfile(ENGINE_DIR / "wire.py", folder / "_llmg_wire.py")  # the worker's half of the wire
         for tree in self.trusted_trees:
             shutil.copytree(tree, folder / tree.name, ignore=shutil.ignore_patterns("__pycache__"))
+        (folder / "home").mkdir()  # a private tmpfs is mounted here in the sandbox
+        if mode == "none":
+            (folder / "tmp").mkdir()
+        if uid is None:  # a non-root grader: everything is the grader's own
+            os.chmod(folder, 0o700)
+            return folder
+        # Read-only to the worker (root owns it), readable by its group only: no other worker's uid.
+        for path in [folder, *folder.rglob("*")]:
+            os.chown(path, 0, uid, follow_symlinks=False)
+            if not path.is_symlink():
+                os.chmod(path, 0o750 if path.is_dir() else 0o640)
         for sub in ("home", "tmp"):
-            (folder / sub).mkdir()
-        (folder / "venv").mkdir()
+            if (folder / sub).exists():
+                os.chown(folder / sub, uid, uid)
+                os.chmod(folder / sub, 0o700)
         return folder
 
     def start(self) -> None:
         self.close()
         t0 = time.perf_counter()
-        self._folder = folder = self._prepare_folder()
+        if self._launch_failure is not None:
+            mode, weakened = "none", self._launch_failure
+        else:
+            mode, weakened = launcher.choose(self.allow_unsandboxed)  # raises SandboxUnavailable (root, no sandbox)
+        root = os.geteuid() == 0
+        if root:
+            self._lease = launcher.lease_uid()
+        uid = self._lease.uid if self._lease else os.getuid()
+        self._folder = folder = self._prepare_folder(mode, uid if root else None)
         if self.broken is not None:
             return
         req_r, self._req_w = os.pipe()
         self._rep_r, rep_w = os.pipe()
         for fd in (req_r, rep_w):  # 1 MiB pipes: tensors cross in far fewer context switches
-            try:
+            with contextlib.suppress(OSError):
                 fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
-            except OSError:
-                pass
+        sandboxed = mode != "none"
         env = {
             "PATH": "/usr/bin:/bin",
             "HOME": str(folder / "home"),
-            "TMPDIR": str(folder / "tmp"),
+            "TMPDIR": "/tmp" if sandboxed else str(folder / "tmp"),
             "LANG": "C.UTF-8",
             "PYTHONDONTWRITEBYTECODE": "1",
             "HF_HUB_OFFLINE": "1",
             "OMP_NUM_THREADS": str(torch.get_num_threads()),
         }
         rlimits = {"RLIMIT_CORE": 0, "RLIMIT_FSIZE": 256 << 20}
+        p = self.protections = Protections(launcher=mode, uid=uid, per_worker_uid=root, weakened=weakened)
         if self.memory_bytes:
             # CUDA reserves far more address space than it uses, so a CUDA worker is
             # limited on its writable data instead of its address space.
             kind = "RLIMIT_DATA" if self.cuda else "RLIMIT_AS"
             rlimits[kind] = self.memory_bytes
-            self.protections.memory_limit = f"on ({self.memory_bytes >> 30} GiB, {kind})"
-        worker_args = [str(req_r), str(rep_w), str(folder)]
-        self._log = Path(tempfile.mkstemp(prefix="llmg-worker-", suffix=".log")[1])
-        log = open(self._log, "wb")
-        venv = _venv_root()
-        python = Path(sys.executable)
-        if namespaces_available() and self._launch_failure is None:
-            drop = venv is not None and _readable_by_others(venv / "bin" / "python")
-            if drop:
-                python_in = folder / "venv" / "bin" / python.name
-                for path in (folder, folder / "home", folder / "tmp"):
-                    os.chown(path, NOBODY if path != folder else 0, NOBODY)
-                os.chmod(folder / "home", 0o700)
-                os.chmod(folder / "tmp", 0o700)
-            else:
-                python_in = python
-            rlimits["RLIMIT_NPROC"] = 4096
-            # A hidden path that holds the sandbox folder would hide the worker from itself.
-            hide = [str(p) for p in (REPO_ROOT, *self.hide) if not folder.is_relative_to(p.resolve())]
-            cfg = {
-                "hide": hide,
-                "venv": str(venv) if drop else None,
-                "venv_mount": str(folder / "venv") if drop else None,
-                "rlimits": rlimits,
-                "uid": NOBODY if drop else 0,
-                "gid": NOBODY if drop else 0,
-                "cwd": str(folder),
-                "argv": [str(python_in), "-I", str(folder / "_llmg_worker.py"), *worker_args],
-                "env": env,
-            }
-            argv = ["unshare", "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc"]
-            argv += [str(python), "-I", str(ENGINE_DIR / "launch.py"), json.dumps(cfg)]
-            self.protections.network = "on (empty network namespace)"
-            self.protections.uid = f"on (uid {NOBODY})" if drop else "off (interpreter not readable by uid 65534)"
-            self.protections.hidden_tree = "on (mount namespace)" if drop else "weak (worker is root in its namespace)"
-            preexec = _die_with_parent
+            p.memory_limit = f"on ({self.memory_bytes >> 30} GiB, {kind})"
+        if root:
+            rlimits["RLIMIT_NPROC"] = PIDS_MAX  # counted per uid, and the uid is this worker's alone
+            run = runroot.run_id(runroot.current())
+            name = f"{CGROUP_PREFIX}{run}-w{os.getpid()}-{next(_counter)}"
+            self._cgroup = Cgroup.create(name, pids_max=PIDS_MAX, memory_max=self.memory_bytes)
+            p.cgroup = dict(self._cgroup.limits) if self._cgroup else {}
+        p.killed_with_grading = root or mode == "bwrap"  # a cgroup and the uid, or bwrap's own pid-namespace init
+        inner = [sys.executable, "-I", "-B", str(folder / "_llmg_worker.py"), str(req_r), str(rep_w), str(folder)]
+        spec = launcher.Spec(folder=folder, argv=inner, env=env, uid=uid if root else None, rlimits=rlimits, cuda=self.cuda)
+        cgroup = self._cgroup
+        cwd = "/"
+        if mode == "bwrap":
+            argv = launcher.bwrap_argv(spec)
+            set_rlimits = True
+        elif mode == "unshare":
+            new_root = folder.parent / f"{folder.name}.root"
+            new_root.mkdir(mode=0o700)
+            argv = launcher.unshare_argv(spec, new_root)
+            set_rlimits = False  # launch.py sets them after its mounts
         else:
-            argv = [str(python), "-I", str(folder / "_llmg_worker.py"), *worker_args]
-            why = self._launch_failure or ("grader is not root" if os.geteuid() != 0 else "unshare unavailable")
-            self.protections.network = f"off ({why})"
-            self.protections.uid = f"off ({why})"
-            self.protections.hidden_tree = f"off ({why})"
+            argv, set_rlimits, cwd = inner, True, str(folder)
+        if sandboxed:
+            p.filesystem, p.network, p.pid_namespace, p.ipc_namespace, p.private_tmp = "allow-list", True, True, True, True
+        drop_to = uid if (root and mode == "none") else None
 
-            def preexec() -> None:
-                _die_with_parent()
-                for name, value in rlimits.items():
-                    resource.setrlimit(getattr(resource, name), (value, value))
+        def preexec() -> None:
+            if cgroup is not None:
+                cgroup.join()  # before anything else runs: every later process is in the group
+            launcher.die_with_parent()
+            if set_rlimits:
+                for rname, value in rlimits.items():
+                    resource.setrlimit(getattr(resource, rname), (value, value))
+            if drop_to is not None:  # weakened root mode: still never root
+                os.setgroups([])
+                os.setgid(drop_to)
+                os.setuid(drop_to)
 
+        self._log = folder.parent / f"{folder.name}.log"
+        log = open(os.open(self._log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
         try:
             self._proc = subprocess.Popen(
                 argv,
@@ -238,27 +292,43 @@ class Worker:
                 stdout=log,
                 stderr=log,
                 pass_fds=(req_r, rep_w),
-                cwd=folder,
+                cwd=cwd,
                 env=env,
                 start_new_session=True,
                 preexec_fn=preexec,
             )
+        except (OSError, subprocess.SubprocessError) as exc:  # before the launcher ran: nothing of the student's
+            self.close()
+            why = f"the {mode} launcher could not be started: {type(exc).__name__}: {exc}"
+            raise (SandboxUnavailable(f"{why}; {launcher.FIX}") if root else WorkerDied(why, kind="launch")) from None
         finally:
-            os.close(req_r)
-            os.close(rep_w)
+            for fd in (req_r, rep_w):
+                os.close(fd)
             log.close()
         self.starts += 1
         try:
             self._receive(deadline=time.monotonic() + max(self.timeout, 120.0))  # "ready" after `import torch`
         except WorkerDied as exc:
-            if "launch:" not in str(exc) or self._launch_failure is not None:
-                raise
-            self._launch_failure = f"namespaced launch failed: {str(exc).split('launch:')[-1].strip()[:120]}"
-            return self.start()  # again, without namespaces; the protections say so
+            # Nothing of the student's has run yet (modules are imported below): a launch failure.
+            status = self._last_exit
+            why = f"the {mode} launch failed (exit status {status}): {exc}"
+            if mode == "none" or not root:
+                raise WorkerDied(why, kind="launch") from None
+            allow = launcher.allowed_unsandboxed() if self.allow_unsandboxed is None else self.allow_unsandboxed
+            if not allow:
+                raise SandboxUnavailable(f"{why[:300]}; {launcher.FIX}") from None
+            self._launch_failure = f"--allow-unsandboxed: {why[:200]}"
+            return self.start()
         self.last_start_seconds = time.perf_counter() - t0
         identity, _ = self._send_and_receive({"op": "ping"}, self.timeout)
-        if self.protections.uid.startswith("on") and (type(identity) is not dict or identity.get("uid") != NOBODY):
-            self.protections.uid = f"off (worker reported uid {identity.get('uid') if type(identity) is dict else '?'})"
+        seen = identity.get("uid") if type(identity) is dict else None
+        if root and seen in (0, None):
+            self.close()
+            raise SandboxUnavailable(f"the worker reported uid {seen!r} under a root grader; refusing to run student code")
+        if seen != uid:
+            p.weakened = (p.weakened + "; " if p.weakened else "") + f"worker reported uid {seen}"
+            p.per_worker_uid = False
+        p.uid = seen
         for stem in self.modules:  # import once here: a module that cannot load fails every test fast
             try:
                 self._send_and_receive({"op": "import", "module": stem}, self.timeout)
@@ -271,32 +341,47 @@ class Worker:
             break
 
     def _kill(self) -> int | None:
-        """SIGKILL the worker's process group; return its exit status if it was reaped."""
+        """SIGKILL everything the worker started (cgroup, uid, process group); its exit status if reaped."""
         if self._proc is None:
             return None
-        try:
+        if self._cgroup is not None:
+            self._cgroup.kill(timeout=0)  # one pass: the kernel kills the group (setsid and double forks included)
+        for pid in ([] if self._cgroup is not None else _tree(self._proc.pid)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         try:
-            return self._proc.wait(timeout=10)
+            code = self._proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            return None
+            code = None
+        if self._cgroup is not None:
+            self._cgroup.kill()
+        return code  # (close() also kills every process left with the worker's uid, as it frees the uid)
 
     def close(self) -> None:
-        """Kill the worker's whole process group and remove its folder."""
+        """Kill everything the worker started, remove its cgroup and folder, free its uid."""
         self._kill()
         self._proc = None
         for fd in (self._req_w, self._rep_r):
             if fd >= 0:
                 os.close(fd)
         self._req_w = self._rep_r = -1
+        if self._cgroup is not None:
+            self._cgroup.remove()
+            self._cgroup = None
         if self._folder is not None:
+            new_root = self._folder.parent / f"{self._folder.name}.root"
+            if new_root.exists():
+                shutil.rmtree(new_root, ignore_errors=True)
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
         if self._log is not None:
             self._log.unlink(missing_ok=True)
             self._log = None
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
 
     @property
     def running(self) -> bool:
@@ -309,6 +394,49 @@ class Worker:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # ------------------------------------------------------------------ clock and freezing
+    def cpu_seconds(self) -> float:
+        """CPU seconds (user + system) used so far by everything the worker started.
+
+        From its cgroup's ``cpu.stat`` where there is one (threads and processes that
+        left the process tree included), else summed over its process tree from /proc.
+        """
+        if self._cgroup is not None:
+            seconds = self._cgroup.cpu_seconds()
+            if seconds is not None:
+                return seconds
+        if self._proc is None:
+            return 0.0
+        return _cpu_of(_tree(self._proc.pid))
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The whole worker stopped while inside (the grader times its reference undisturbed)."""
+        if self._proc is None:
+            yield
+            return
+        if self._cgroup is not None and self._cgroup.freeze():
+            try:
+                yield
+            finally:
+                self._cgroup.thaw()
+            return
+        stopped: set[int] = set()
+        for _ in range(20):  # until no new process appears (one may fork while we stop the others)
+            fresh = [pid for pid in _tree(self._proc.pid) if pid not in stopped]
+            if not fresh:
+                break
+            for pid in fresh:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGSTOP)
+                stopped.add(pid)
+        try:
+            yield
+        finally:
+            for pid in stopped:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGCONT)
+
     # ------------------------------------------------------------------ transport
     def _log_tail(self, limit: int = 600) -> str:
         try:
@@ -318,85 +446,122 @@ class Worker:
         except (OSError, TypeError):
             return ""
 
-    def _died(self, why: str) -> WorkerDied:
+    def _timed_out(self, seconds: float | None = None) -> WorkerDied:
+        """Kill the worker after a request ran past its budget (for the transport's deadline)."""
+        seconds = self.timeout if seconds is None else seconds
+        return self._died(f"too slow: over the {seconds:g} s budget (an infinite loop, or far too slow?)",
+                          kind="timeout", seconds=seconds)
+
+    def _died(self, why: str, kind: str | None = None, seconds: float | None = None) -> WorkerDied:
+        if kind is None and why.startswith("timed out"):  # the transport's wording before typed errors
+            kind, seconds = "timeout", self.timeout
+            why = f"too slow: over the {self.timeout:g} s budget (an infinite loop, or far too slow?)"
+        if kind != "timeout" and self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=0.5)  # it is exiting on its own: let its status tell why
         code = self._kill()
+        self._last_exit = code
         tail = self._log_tail()
         self.close()
-        if code is not None and code < 0:
+        if kind == "timeout":
+            pass  # we killed it: its status says nothing
+        elif code is not None and code < 0:
             why += f"; killed by {signal.Signals(-code).name}"
+            kind = kind or "killed"
         elif code is not None and code > 128 and code - 128 in signal.Signals._value2member_map_:
             why += f"; killed by {signal.Signals(code - 128).name}"  # unshare reports its child's signal so
+            kind = kind or "killed"
         elif code is not None:
             why += f"; exit status {code}"
         if tail:
             why += f"; last output: {tail[-300:]!r}"
-        return WorkerDied(why)
+        return WorkerDied(why, kind=kind or "exited", seconds=seconds)
 
-    def _read_exact(self, n: int, deadline: float) -> bytes:
-        chunks = []
-        while n:
+    def _read_exact(self, n: int, deadline: float, budget: float | None = None) -> bytearray:
+        """``n`` bytes of reply by ``deadline``; memory grows only with the bytes really received."""
+        buf = bytearray()
+        while len(buf) < n:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise self._died(f"timed out after {self.timeout:g} s (infinite loop or far too slow?)")
+                raise self._timed_out(budget)
             ready, _, _ = select.select([self._rep_r], [], [], left)
             if not ready:
                 continue
-            chunk = os.read(self._rep_r, min(n, 1 << 20))
+            chunk = os.read(self._rep_r, min(n - len(buf), 1 << 20))
             if not chunk:
                 raise self._died("worker exited or crashed")
-            chunks.append(chunk)
-            n -= len(chunk)
-        return b"".join(chunks)
+            buf += chunk
+        return buf
 
-    def _receive(self, deadline: float) -> dict:
-        (length,) = _HEADER.unpack(self._read_exact(_HEADER.size, deadline))
-        if length > MAX_REPLY_BYTES:
-            raise self._died(f"reply of {length} bytes is over the {MAX_REPLY_BYTES} byte limit")
-        data = self._read_exact(length, deadline)
+    def _receive(self, deadline: float, budget: float | None = None) -> dict:
+        """One reply, decoded by ``wire`` (sizes checked before reading, bounded decoding), then ``check_plain``."""
+        limits = wire.Limits(max_data_bytes=MAX_REPLY_BYTES)
         try:
-            reply = check_plain(torch.load(io.BytesIO(data), weights_only=True))
-        except (NotPlainData, Exception) as exc:
-            raise self._died(f"unreadable reply: {type(exc).__name__}: {exc}") from None
+            json_len, data_len = wire.read_header(bytes(self._read_exact(wire.HEADER.size, deadline, budget)), limits)
+        except wire.WireError as exc:
+            raise self._died(f"unreadable reply: {exc}", kind="protocol") from None
+        body = self._read_exact(json_len + data_len, deadline, budget)
+        try:
+            reply = check_plain(wire.decode_body(body, json_len, limits))
+        except Exception as exc:  # WireError, NotPlainData, or torch refusing a buffer: all the worker's doing
+            raise self._died(f"unreadable reply: {type(exc).__name__}: {shorten(str(exc), 300)}", kind="protocol") from None
         if type(reply) is not dict or type(reply.get("ok")) is not bool:
-            raise self._died("malformed reply")
+            raise self._died("malformed reply", kind="protocol")
         return reply
 
     def request(self, req: dict, timeout: float | None = None) -> tuple[object, float]:
         """Send one request; return (value, seconds measured here, send to reply).
 
         Raises StudentError when the student's code raised, WorkerDied when the worker
-        crashed or hung (it is restarted on the next request).
+        crashed or hung (it is restarted on the next request); deaths are counted by kind.
         """
         if self.broken is None and self._proc is None:
             self.start()
         if self.broken is not None:
-            raise WorkerDied(self.broken)
+            raise WorkerDied(self.broken, kind="broken")
         try:
             return self._send_and_receive(req, timeout)
         except WorkerDied as exc:
-            if "timed out" in str(exc):
+            self.deaths[exc.kind] = self.deaths.get(exc.kind, 0) + 1
+            if exc.kind == "timeout":
                 self.timeouts += 1
                 if self.timeouts >= self.max_timeouts:
                     self.broken = f"the submission timed out {self.timeouts} times; later calls are not attempted"
             raise
 
     def _send_and_receive(self, req: dict, timeout: float | None) -> tuple[object, float]:
-        buf = io.BytesIO()
-        torch.save(req, buf)
-        data = buf.getvalue()
+        parts = wire.encode_parts(req)  # the grader's own data: a WireError here is a grading bug, raised as is
+        budget = timeout or self.timeout
+        ready, _, _ = select.select([self._rep_r], [], [], 0)
+        if ready:  # replies come only when asked: bytes already waiting are forged or stale
+            stray = os.read(self._rep_r, 64)
+            if not stray:
+                raise self._died("worker exited or crashed")
+            raise self._died(
+                "protocol error: the worker wrote to the reply pipe before it was asked (a thread of the submission?)",
+                kind="protocol",
+            )
         t0 = time.perf_counter()
-        try:
-            os.write(self._req_w, _HEADER.pack(len(data)))
-            view = memoryview(data)
+        deadline = time.monotonic() + budget
+        os.set_blocking(self._req_w, False)  # a worker that stops reading cannot stall the grader past the deadline
+        for part in parts:
+            view = memoryview(part).cast("B")
             while view:
-                view = view[os.write(self._req_w, view) :]
-        except OSError:
-            raise self._died("worker closed its request pipe") from None
-        reply = self._receive(deadline=time.monotonic() + (timeout or self.timeout))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self._timed_out(budget)
+                _, writable, _ = select.select([], [self._req_w], [], left)
+                try:
+                    view = view[os.write(self._req_w, view) :] if writable else view
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    raise self._died("worker closed its request pipe") from None
+        reply = self._receive(deadline, budget)
         elapsed = time.perf_counter() - t0
         if not reply["ok"]:
             error = reply.get("error")
-            raise StudentError(error if type(error) is str else "the student code raised an error")
+            raise StudentError(shorten(error, 2000) if type(error) is str else "the student code raised an error")
         return reply.get("value"), elapsed
 
     # ------------------------------------------------------------------ ops

@@ -6,40 +6,19 @@ is trusted by the grader: every answer is plain data that the grader re-checks
 (see ``graders/engine/plaindata.py``). No assertion, expected value or reference
 solution is ever sent here.
 
-Protocol: one request at a time on fd ``REQ``; one reply on fd ``REP``. A message
-is an 8-byte big-endian length followed by ``torch.save`` bytes. Requests are
-dicts with an ``op``; replies are ``{"ok": True, "value": ...}`` or
+Protocol: one request at a time on fd ``REQ``; one reply on fd ``REP``. Messages are
+in the format of ``wire.py`` (JSON plus raw tensor bytes; copied here as ``_llmg_wire.py``).
+Requests are dicts with an ``op``; replies are ``{"ok": True, "value": ...}`` or
 ``{"ok": False, "error": "..."}``.
 """
 
 from __future__ import annotations
 
 import importlib
-import io
 import os
-import struct
 import sys
 import time
 import traceback
-
-_HEADER = struct.Struct(">Q")
-
-
-def _read_exact(fd: int, n: int) -> bytes:
-    chunks = []
-    while n:
-        chunk = os.read(fd, min(n, 1 << 20))
-        if not chunk:
-            raise EOFError("grader closed the request pipe")
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _error_text(exc: BaseException) -> str:
@@ -96,13 +75,11 @@ def digests(torch, outputs: object, seed: int) -> list[float]:
 def main() -> None:
     req_fd, rep_fd, folder = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     sys.path.insert(0, folder)
+    import _llmg_wire as wire  # wire.py, copied next to this file
     import torch  # after sys.path: a student file named torch.py is not copied anyway
 
     def send(obj: object) -> None:
-        buf = io.BytesIO()
-        torch.save(obj, buf)
-        data = buf.getvalue()
-        _write_all(rep_fd, _HEADER.pack(len(data)) + data)
+        wire.write_all(rep_fd, wire.encode_parts(obj))
 
     def to_device(obj: object, device: str) -> object:
         if isinstance(obj, torch.Tensor):
@@ -163,8 +140,15 @@ def main() -> None:
             args, kwargs = arguments(req, device)
             return to_cpu(target(req)(*args, **kwargs))
         if op == "new":
+            # Optionally built under a default dtype (a float dtype name), always put back afterwards.
             args, kwargs = arguments(req, device)
-            obj = function(req)(*args, **kwargs)
+            previous = torch.get_default_dtype()
+            if req.get("dtype") is not None:
+                torch.set_default_dtype(getattr(torch, req["dtype"]))
+            try:
+                obj = function(req)(*args, **kwargs)
+            finally:
+                torch.set_default_dtype(previous)
             if device != "cpu" and hasattr(obj, "to"):
                 obj = obj.to(device)
             objects[len(objects) + 1] = obj
@@ -216,8 +200,7 @@ def main() -> None:
     send({"ok": True, "value": "ready"})
     while True:
         try:
-            (length,) = _HEADER.unpack(_read_exact(req_fd, _HEADER.size))
-            req = torch.load(io.BytesIO(_read_exact(req_fd, length)), weights_only=True)
+            req = wire.read_message(req_fd)
         except EOFError:
             return
         start = time.perf_counter()
@@ -229,9 +212,10 @@ def main() -> None:
             reply = {"ok": False, "error": _error_text(exc)}
         reply["worker_seconds"] = time.perf_counter() - start  # informational only, never graded
         try:
-            send(reply)
+            parts = wire.encode_parts(reply)  # all checks first: nothing half-sent
         except Exception as exc:
-            send({"ok": False, "error": f"the return value could not be sent back: {_error_text(exc)}"})
+            parts = wire.encode_parts({"ok": False, "error": f"the return value could not be sent back: {_error_text(exc)}"})
+        wire.write_all(rep_fd, parts)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from graders.engine import expect, remote
+from graders.engine import expect
+from graders.engine.binding import Binding
 from graders.engine.remote import Remote
-from graders.engine.sandbox import Worker
 
 MODULE = "language_model"
 
@@ -23,38 +23,39 @@ def _kwargs(ignore_index: int | None) -> dict:
     return {} if ignore_index is None else {"ignore_index": ignore_index}
 
 
-class Lesson02:
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
+class Lesson02(Binding):
+    MODULE = MODULE
 
     # ------------------------------------------------------------------ losses
     def cross_entropy(
         self, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int | None = None, *, device: str = "cpu"
     ) -> torch.Tensor:
         """``cross_entropy(logits, targets[, ignore_index])``: a 0-dim tensor of the logits' dtype."""
-        out = self.worker.call(MODULE, "cross_entropy", (logits, targets), _kwargs(ignore_index), device=device)
-        return expect.tensor(out, "cross_entropy(...)", shape=(), dtype=logits.dtype)
+        return self.tensor(
+            "cross_entropy", (logits, targets), _kwargs(ignore_index), shape=(), dtype=logits.dtype, device=device
+        )
 
     def cross_entropy_grad(self, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int | None = None) -> torch.Tensor:
         """d cross_entropy / d logits, taken by autograd through the student's code."""
         cot = torch.ones((), dtype=logits.dtype)
-        grads = self.worker.grad(MODULE, "cross_entropy", (logits, targets), _kwargs(ignore_index), wrt=[0], cotangent=cot)
-        assert type(grads) is list and len(grads) == 1, "gradient reply malformed"
-        return expect.tensor(grads[0], "gradient of cross_entropy w.r.t. logits", shape=logits.shape, dtype=logits.dtype)
+        (grad,) = self.grads(
+            "cross_entropy", (logits, targets), _kwargs(ignore_index), wrt=[0], cotangent=cot,
+            names=("gradient of cross_entropy w.r.t. logits",), dtype=logits.dtype,
+        )  # fmt: skip
+        return grad
 
     def perplexity(self, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int | None = None) -> torch.Tensor:
         """``perplexity(logits, targets[, ignore_index])``: a 0-dim tensor of the logits' dtype."""
-        out = self.worker.call(MODULE, "perplexity", (logits, targets), _kwargs(ignore_index))
-        return expect.tensor(out, "perplexity(...)", shape=(), dtype=logits.dtype)
+        return self.tensor("perplexity", (logits, targets), _kwargs(ignore_index), shape=(), dtype=logits.dtype)
 
     # ------------------------------------------------------------------ modules
     def embeddings(self, vocab_size: int, block_size: int, n_embd: int) -> Remote:
         """``Embeddings(vocab_size, block_size, n_embd)`` built in the worker."""
-        return remote.new(self.worker, MODULE, "Embeddings", vocab_size, block_size, n_embd)
+        return self.new("Embeddings", vocab_size, block_size, n_embd)
 
     def bigram(self, vocab_size: int) -> Remote:
         """``BigramLM(vocab_size)`` built in the worker."""
-        return remote.new(self.worker, MODULE, "BigramLM", vocab_size)
+        return self.new("BigramLM", vocab_size)
 
     @staticmethod
     def parameters(model: Remote) -> dict[str, tuple[int, ...]]:
@@ -96,8 +97,7 @@ class Lesson02:
     ) -> torch.Tensor:
         """``sample(logits, temperature, num_samples, seed=seed)``: long (num_samples,) or (B, num_samples)."""
         kwargs = {"temperature": temperature, "num_samples": num_samples, "seed": seed}
-        out = self.worker.call(MODULE, "sample", (logits,), kwargs, device=device)
-        out = expect.tensor(out, "sample(...)", shape=(*logits.shape[:-1], num_samples), dtype=torch.int64)
+        out = self.tensor("sample", (logits,), kwargs, shape=(*logits.shape[:-1], num_samples), dtype=torch.int64, device=device)
         V = logits.shape[-1]
         bad = (out < 0) | (out >= V)
         assert not bad.any(), f"sample returned token ids outside [0, {V}): e.g. {out[bad][:3].tolist()}"

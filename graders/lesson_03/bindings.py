@@ -10,26 +10,23 @@ from __future__ import annotations
 import torch
 
 from graders.engine import expect
-from graders.engine.sandbox import Worker
+from graders.engine.binding import Binding
 
 MODULE = "attention"
 
 
-class Lesson03:
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
+class Lesson03(Binding):
+    MODULE = MODULE
 
     def causal_mask(self, seq_len: int) -> torch.Tensor:
         """``causal_mask(seq_len)``: a bool (seq_len, seq_len) tensor."""
-        out = self.worker.call(MODULE, "causal_mask", (seq_len,))
-        return expect.tensor(out, f"causal_mask({seq_len})", shape=(seq_len, seq_len))
+        return self.tensor("causal_mask", (seq_len,), what=f"causal_mask({seq_len})", shape=(seq_len, seq_len))
 
     def scaled_dot_product_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, *, device: str = "cpu"
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``scaled_dot_product_attention(q, k, v, mask)`` -> (output, weights), shapes checked."""
-        out = self.worker.call(MODULE, "scaled_dot_product_attention", (q, k, v, mask), device=device)
-        return self._check(out, q, k, v)
+        return self._check(self.call("scaled_dot_product_attention", (q, k, v, mask), device=device), q, k, v)
 
     def timed_attention(
         self, *, seed: int, count: int, shape: tuple[int, ...], dtype: torch.dtype, mask: torch.Tensor | None,
@@ -54,12 +51,10 @@ class Lesson03:
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, cotangent: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Gradients of sum(output * cotangent) w.r.t. q, k and v, taken through the student's code."""
-        grads = self.worker.grad(
-            MODULE, "scaled_dot_product_attention", (q, k, v, mask), None, wrt=[0, 1, 2], cotangent=cotangent, output=0
-        )
-        assert type(grads) is list and len(grads) == 3, "gradient reply malformed"
-        names = ("dq", "dk", "dv")
-        return tuple(expect.tensor(g, n, shape=x.shape) for g, n, x in zip(grads, names, (q, k, v), strict=True))  # type: ignore[return-value]
+        return self.grads(  # type: ignore[return-value]
+            "scaled_dot_product_attention", (q, k, v, mask), None, wrt=[0, 1, 2], cotangent=cotangent, output=0,
+            names=("dq", "dk", "dv"),
+        )  # fmt: skip
 
     @staticmethod
     def _check(out: object, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,14 +7,12 @@ the masked, scaled scores for weights, autograd through SDPA for gradients.
 from __future__ import annotations
 
 import math
-import statistics
-import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from graders.engine import expect
+from graders.engine import expect, timing
 from graders.engine.worker_main import digests, seeded_inputs
 from graders.lesson_03.bindings import Lesson03
 
@@ -152,60 +150,60 @@ def test_stable_for_large_logits(lesson03: Lesson03, masked: bool):
 
 
 # ---------------------------------------------------------------------------- performance
-def _time_ratio(lesson03: Lesson03, *, shape, dtype, device, trials: int, count: int, tol: tuple[float, float]) -> float:
-    """Median of (student seconds / torch SDPA seconds) over trials, each on fresh inputs.
+def _time_ratio(lesson03: Lesson03, *, shape, dtype, device, trials: int, count: int, tol: tuple[float, float],
+                give_up_above: float | None = None) -> timing.Ratio:  # fmt: skip
+    """Student time / torch SDPA time per trial (``graders/engine/timing.py``), each trial on fresh inputs.
 
     Both sides do the same work: make ``count`` input sets from a fresh seed, run
-    attention on each and take the output digests. The student's time is measured here,
-    around the worker's round trip; every digest is checked against torch's.
+    attention on each and take the output digests. Every digest is checked against torch's,
+    and the first call's outputs in full, outside the timings.
     """
     mask = torch.ones(shape[-2], shape[-2], dtype=torch.bool).tril()
     spec = [list(shape), str(dtype).removeprefix("torch.")]
+    seeds = [int(s) for s in torch.randint(0, 2**31 - 1, (trials + 1,))]
 
-    def sync() -> None:
-        if device == "cuda":
-            torch.cuda.synchronize()
+    def student(trial: int):
+        return lesson03.timed_attention(seed=seeds[trial], count=count, shape=shape, dtype=dtype, mask=mask, device=device)
 
-    ratios = []
-    for trial in range(trials + 1):  # trial 0 warms both sides up and is not counted
-        seed = int(torch.randint(0, 2**31 - 1, ()).item())
-        got, first, student_s = lesson03.timed_attention(seed=seed, count=count, shape=shape, dtype=dtype, mask=mask, device=device)
-        sync()
-        t0 = time.perf_counter()
-        calls = seeded_inputs(torch, seed, count, [spec, spec, spec, None], {3: mask}, device)
-        want = [digests(torch, F.scaled_dot_product_attention(q, k, v, attn_mask=m), seed + 1 + i)[0] for i, (q, k, v, m) in enumerate(calls)]
-        sync()
-        reference_s = time.perf_counter() - t0
-        want_out, want_w = reference(*calls[0])
+    def torch_sdpa(trial: int) -> list[float]:
+        calls = seeded_inputs(torch, seeds[trial], count, [spec, spec, spec, None], {3: mask}, device)
+        return [digests(torch, F.scaled_dot_product_attention(q, k, v, attn_mask=m), seeds[trial] + 1 + i)[0]
+                for i, (q, k, v, m) in enumerate(calls)]  # fmt: skip
+
+    def check(trial: int, reply, want: list[float]) -> None:
+        got, first, _ = reply
+        want_out, want_w = reference(*seeded_inputs(torch, seeds[trial], count, [spec, spec, spec, None], {3: mask}, device)[0])
         expect.close(first[0], want_out.cpu(), "output of a timed call", *tol)
         expect.close(first[1], want_w.cpu(), "weights of a timed call", *tol)
         # a^T E b for an error E has standard deviation ||E||_F <= (atol + rtol) * sqrt(numel): 10 sigma.
         bound = 10 * (tol[0] + tol[1]) * want_out.numel() ** 0.5
         for i, (g, w) in enumerate(zip(got, want, strict=True)):
             assert abs(g[0] - w) <= bound, f"timed call {i} returned a wrong output (digest {g[0]:.6g}, expected {w:.6g})"
-        if trial:
-            ratios.append(student_s / reference_s)
-    return statistics.median(ratios)
+
+    clock = "wall" if device == "cuda" else "cpu"
+    return timing.ratio(lesson03.worker, student, torch_sdpa, trials, check=check, clock=clock, give_up_above=give_up_above)
 
 
-# Measured through the worker on a 2-core CPU, (32, 32, 16, 16) float32, 64 calls per trial:
-# the reference solution at 3.2-3.6x torch SDPA (it also returns the weights), a loop over
-# the 1024 (batch, head) pairs at 9.5-24x.
-CPU_RATIO_LIMIT = 6.0
+# CPU time of the whole worker vs torch SDPA's in the grader, both on one thread (graders/engine/timing.py),
+# (32, 32, 8, 16) float32, 64 calls per trial, measured on the 2-core grading machine at load 2.5-6:
+# the reference solution 0.90-1.66x over 25 runs, 20 of them beside two spinning processes (it also
+# returns the weights); a loop over the 1024 (batch, head) pairs (tests/submissions/lesson_03_loop)
+# 7.6-12.7x; that loop plus a background spinning thread 60-70x.
+# With T = 16 the loop ran at only 6.9-9.4x against the reference's 1.4-1.6x: short sequences make
+# the per-head Python cost show. The limit sits near the geometric mean, ~3x from either side.
+CPU_SHAPE = (32, 32, 8, 16)
+CPU_RATIO_LIMIT = 3.5
 
 
 @pytest.mark.points(3)
 def test_cpu_speed_vs_torch_sdpa(lesson03: Lesson03, record_property):
     """CPU speed: within a bounded ratio of torch SDPA (a loop over batch and heads fails)"""
-    # A second measurement only if the first misses: noise on a busy machine only ever slows down.
-    ratio = math.inf
-    for _ in range(2):
-        ratio = min(ratio, _time_ratio(lesson03, shape=(32, 32, 16, 16), dtype=torch.float32, device="cpu", trials=7, count=64, tol=TOL[torch.float32]))
-        if ratio <= CPU_RATIO_LIMIT:
-            break
-    record_property("output", f"{ratio:.2f}x the time of torch SDPA (limit {CPU_RATIO_LIMIT:g}x)")
-    assert ratio <= CPU_RATIO_LIMIT, (
-        f"{ratio:.1f}x slower than torch SDPA (limit {CPU_RATIO_LIMIT:g}x): use batched matmuls over all leading dims, no Python loops"
+    ratio = _time_ratio(lesson03, shape=CPU_SHAPE, dtype=torch.float32, device="cpu", trials=7, count=64,
+                        tol=TOL[torch.float32], give_up_above=2 * CPU_RATIO_LIMIT)  # fmt: skip
+    record_property("output", f"{ratio} the time of torch SDPA (limit {CPU_RATIO_LIMIT:g}x)")
+    assert ratio.median <= CPU_RATIO_LIMIT, (
+        f"{ratio.median:.1f}x slower than torch SDPA (limit {CPU_RATIO_LIMIT:g}x; {ratio}): "
+        "use batched matmuls over all leading dims, no Python loops"
     )
 
 
@@ -225,5 +223,5 @@ def test_gpu_half_precision(lesson03: Lesson03, dtype: torch.dtype, record_prope
     expect.close(out, want_out.cpu(), f"output ({dtype}, cuda)", *TOL[dtype])
     expect.close(weights, want_w.cpu(), f"weights ({dtype}, cuda)", *TOL[dtype])
     ratio = _time_ratio(lesson03, shape=(8, 16, 256, 64), dtype=dtype, device="cuda", trials=5, count=16, tol=TOL[dtype])
-    record_property("output", f"{ratio:.2f}x the time of torch SDPA on the GPU (limit {GPU_RATIO_LIMIT:g}x)")
-    assert ratio <= GPU_RATIO_LIMIT, f"{ratio:.1f}x slower than torch SDPA on the GPU (limit {GPU_RATIO_LIMIT:g}x)"
+    record_property("output", f"{ratio} the time of torch SDPA on the GPU (limit {GPU_RATIO_LIMIT:g}x)")
+    assert ratio.median <= GPU_RATIO_LIMIT, f"{ratio.median:.1f}x slower than torch SDPA on the GPU (limit {GPU_RATIO_LIMIT:g}x; {ratio})"

@@ -10,44 +10,43 @@ from __future__ import annotations
 
 import torch
 
-from graders.engine import expect, remote
+from graders.engine import expect
+from graders.engine.binding import Binding
 from graders.engine.remote import Remote
-from graders.engine.sandbox import Worker
 
 MODULE = "block"
 
 
-class Lesson04:
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
+class Lesson04(Binding):
+    MODULE = MODULE
 
     # ------------------------------------------------------------------ functions
     def split_heads(self, x: torch.Tensor, n_head: int) -> torch.Tensor:
         """``split_heads(x, n_head)``: (B, T, C) -> (B, nh, T, hs), same dtype."""
         B, T, C = x.shape
-        out = self.worker.call(MODULE, "split_heads", (x, n_head))
-        return expect.tensor(out, f"split_heads(x of shape {tuple(x.shape)}, n_head={n_head})", shape=(B, n_head, T, C // n_head), dtype=x.dtype)
+        what = f"split_heads(x of shape {tuple(x.shape)}, n_head={n_head})"
+        return self.tensor("split_heads", (x, n_head), what=what, shape=(B, n_head, T, C // n_head), dtype=x.dtype)
 
     def merge_heads(self, y: torch.Tensor) -> torch.Tensor:
         """``merge_heads(y)``: (B, nh, T, hs) -> (B, T, nh * hs), same dtype."""
         B, nh, T, hs = y.shape
-        out = self.worker.call(MODULE, "merge_heads", (y,))
-        return expect.tensor(out, f"merge_heads(y of shape {tuple(y.shape)})", shape=(B, T, nh * hs), dtype=y.dtype)
+        what = f"merge_heads(y of shape {tuple(y.shape)})"
+        return self.tensor("merge_heads", (y,), what=what, shape=(B, T, nh * hs), dtype=y.dtype)
 
     # ------------------------------------------------------------------ modules
     def layer_norm(
         self, state_dict: dict[str, torch.Tensor], *, ndim: int, bias: bool, eps: float, dtype: torch.dtype
     ) -> Remote:
         """``LayerNorm(ndim, bias=bias, eps=eps)`` in ``dtype``, with ``state_dict`` loaded (weight[, bias])."""
-        return self._build("LayerNorm", (ndim,), {"bias": bias, "eps": eps}, state_dict, dtype)
+        return self.make("LayerNorm", ndim, bias=bias, eps=eps, state_dict=state_dict, dtype=dtype)
 
     def module(
         self, cls: str, state_dict: dict[str, torch.Tensor], *, n_embd: int, n_head: int, bias: bool,
         dtype: torch.dtype, device: str = "cpu",
     ) -> Remote:
         """``cls(BlockConfig(n_embd, n_head, bias=bias))`` (MultiHeadAttention, MLP or Block) with ``state_dict`` loaded."""
-        config = remote.new(self.worker, MODULE, "BlockConfig", n_embd=n_embd, n_head=n_head, bias=bias)
-        return self._build(cls, (config.ref(),), {}, state_dict, dtype, device)
+        config = self.new("BlockConfig", n_embd=n_embd, n_head=n_head, bias=bias)
+        return self.make(cls, config.ref(), state_dict=state_dict, dtype=dtype, device=device)
 
     def forward(self, obj: Remote, x: torch.Tensor, *, causal: bool | None = None, device: str = "cpu") -> torch.Tensor:
         """``obj(x)`` (``obj(x, causal=causal)`` when given): an output of x's shape and dtype."""
@@ -64,19 +63,3 @@ class Lesson04:
         for name, g in grads.items():
             assert type(name) is str and (g is None or type(g) is torch.Tensor), "parameter gradients reply malformed"
         return grads
-
-    def _build(
-        self, cls: str, args: tuple, kwargs: dict, state_dict: dict[str, torch.Tensor], dtype: torch.dtype,
-        device: str = "cpu",
-    ) -> Remote:
-        # The student's __init__ makes float32 parameters; load_state_dict would cast float64
-        # weights down, so other dtypes are built under that default dtype in the worker.
-        if dtype != torch.float32:
-            self.worker.call("torch", "set_default_dtype", (dtype,))
-        try:
-            obj = remote.new(self.worker, MODULE, cls, *args, device=device, **kwargs)
-        finally:
-            if dtype != torch.float32 and self.worker.running:
-                self.worker.call("torch", "set_default_dtype", (torch.float32,))
-        obj.load_state_dict(state_dict)
-        return obj

@@ -13,16 +13,17 @@ import math
 import torch
 
 from graders.engine import expect, remote
-from graders.engine.sandbox import Worker
+from graders.engine.binding import Binding
 
 MODULE = "gpt"
 CONFIG_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias")
 
 
-class Lesson05:
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.worker.call("torch", "set_num_threads", (1,))  # tiny models: see conftest.py
+class Lesson05(Binding):
+    MODULE = MODULE
+    # Tiny models: one thread is fastest, and two OpenMP threads on a busy 2-core machine can be
+    # 10x slower than one (measured: 300 training steps took 150 s instead of 10 s). Grader and worker.
+    threads = 1
 
     def build(
         self, config: dict, state_dict: dict[str, torch.Tensor] | None = None, dtype: torch.dtype = torch.float32
@@ -30,20 +31,11 @@ class Lesson05:
         """``GPTMini(GPTConfig(**config))`` in the worker with parameters in ``dtype``; ``state_dict`` loaded strictly.
 
         The dtype is set by building under ``torch.set_default_dtype`` in the worker (the model's
-        own ``__init__`` is the provided one), then put back to float32.
+        own ``__init__`` is the provided one), then put back to float32 (``Binding.make``).
         """
         assert set(config) <= set(CONFIG_FIELDS), f"unknown config fields {set(config) - set(CONFIG_FIELDS)}"
-        if dtype != torch.float32:
-            self.worker.call("torch", "set_default_dtype", (dtype,))
-        try:
-            cfg = remote.new(self.worker, MODULE, "GPTConfig", **config)
-            model = remote.new(self.worker, MODULE, "GPTMini", cfg.ref())
-        finally:
-            if dtype != torch.float32:
-                self.worker.call("torch", "set_default_dtype", (torch.float32,))
-        if state_dict is not None:
-            model.load_state_dict(state_dict)
-        return model
+        cfg = self.new("GPTConfig", **config)
+        return self.make("GPTMini", cfg.ref(), dtype=dtype, state_dict=state_dict)
 
     def forward(
         self, model: remote.Remote, idx: torch.Tensor, targets: torch.Tensor | None, *, vocab_size: int, dtype: torch.dtype
@@ -74,8 +66,7 @@ class Lesson05:
 
     def get_batch(self, data: torch.Tensor, block_size: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``get_batch(data, block_size, batch_size)`` -> (x, y), each (batch_size, block_size) int64."""
-        out = self.worker.call(MODULE, "get_batch", (data, block_size, batch_size))
-        x, y = expect.pair(out, "get_batch")
+        x, y = self.pair("get_batch", (data, block_size, batch_size))
         x = expect.tensor(x, "x", shape=(batch_size, block_size), dtype=torch.long)
         y = expect.tensor(y, "y", shape=(batch_size, block_size), dtype=torch.long)
         return x, y
@@ -85,7 +76,7 @@ class Lesson05:
     ) -> list[float]:
         """``train_micro(model, data, ...)`` in the worker; returns its per-step losses (never trusted as a grade)."""
         kwargs = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed}
-        losses = self.worker.call(MODULE, "train_micro", (model.ref(), data), kwargs, timeout=120)
+        losses = self.call("train_micro", (model.ref(), data), kwargs, timeout=120)
         assert type(losses) is list and len(losses) == steps, f"train_micro must return a list of {steps} losses"
         assert all(type(v) is float and math.isfinite(v) for v in losses), "train_micro's losses must be finite floats"
         return losses

@@ -9,25 +9,23 @@ from __future__ import annotations
 
 import torch
 
-from graders.engine import expect, remote
+from graders.engine import expect
+from graders.engine.binding import Binding
 from graders.engine.remote import Remote
-from graders.engine.sandbox import Worker
 
 MODULE = "rope"
 
 
-class Lesson06:
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
+class Lesson06(Binding):
+    MODULE = MODULE
 
     def rotate_half(self, x: torch.Tensor) -> torch.Tensor:
         """``rotate_half(x)``: same shape and dtype as ``x``."""
-        out = self.worker.call(MODULE, "rotate_half", (x,))
-        return expect.tensor(out, "rotate_half(x)", shape=x.shape, dtype=x.dtype)
+        return self.tensor("rotate_half", (x,), what="rotate_half(x)", shape=x.shape, dtype=x.dtype)
 
     def rotary(self, head_dim: int, max_seq_len: int, base: float, *, device: str = "cpu") -> Remote:
         """``RotaryEmbedding(head_dim, max_seq_len, base)`` built in the worker (moved to ``device``)."""
-        return remote.new(self.worker, MODULE, "RotaryEmbedding", head_dim, max_seq_len, base, device=device)
+        return self.new("RotaryEmbedding", head_dim, max_seq_len, base, device=device)
 
     def cos_sin(
         self, rope: Remote, positions: torch.Tensor, head_dim: int, dtype: torch.dtype | None, *, device: str = "cpu"
@@ -47,15 +45,14 @@ class Lesson06:
         the call goes through ``new`` (which keeps what it builds in the worker):
         ``getattr(rope, method)`` first, then ``operator.call`` of that bound method.
         """
-        bound = remote.new(self.worker, "builtins", "getattr", rope.ref(), method)
-        remote.new(self.worker, "operator", "call", bound.ref())
+        bound = self.new("getattr", rope.ref(), method, module="builtins")
+        self.new("call", bound.ref(), module="operator")
 
     def apply_rotary(
         self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, device: str = "cpu"
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``apply_rotary(q, k, cos, sin)`` -> (q_rot, k_rot) with the shapes of q and k, in q's dtype."""
-        out = self.worker.call(MODULE, "apply_rotary", (q, k, cos, sin), device=device)
-        q_rot, k_rot = expect.pair(out, "apply_rotary")
+        q_rot, k_rot = self.pair("apply_rotary", (q, k, cos, sin), device=device)
         q_rot = expect.tensor(q_rot, "q_rot", shape=q.shape, dtype=q.dtype)
         k_rot = expect.tensor(k_rot, "k_rot", shape=k.shape, dtype=q.dtype)
         return q_rot, k_rot
@@ -64,10 +61,7 @@ class Lesson06:
         self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cotangent: torch.Tensor, output: int
     ) -> tuple[torch.Tensor, ...]:
         """Gradients of sum(apply_rotary(q, k, cos, sin)[output] * cotangent) w.r.t. q, k, cos and sin."""
-        grads = self.worker.grad(
-            MODULE, "apply_rotary", (q, k, cos, sin), None, wrt=[0, 1, 2, 3], cotangent=cotangent, output=output
-        )
-        assert type(grads) is list and len(grads) == 4, "gradient reply malformed"
-        names = ("dq", "dk", "dcos", "dsin")
-        inputs = (q, k, cos, sin)
-        return tuple(expect.tensor(g, n, shape=x.shape) for g, n, x in zip(grads, names, inputs, strict=True))
+        return self.grads(
+            "apply_rotary", (q, k, cos, sin), None, wrt=[0, 1, 2, 3], cotangent=cotangent, output=output,
+            names=("dq", "dk", "dcos", "dsin"),
+        )  # fmt: skip
