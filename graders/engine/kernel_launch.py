@@ -86,20 +86,7 @@ def main() -> int:
     if weakened:
         print(f"llmg kernel: {weakened}", file=sys.stderr, flush=True)
 
-    def preexec() -> None:
-        if group is not None:
-            group.join()
-        launcher.die_with_parent()
-        if set_rlimits:
-            import resource
-
-            for rname, value in rlimits.items():
-                resource.setrlimit(getattr(resource, rname), (value, value))
-        if drop_to is not None:  # weakened root mode: still never root
-            os.setgroups([])
-            os.setgid(drop_to)
-            os.setuid(drop_to)
-
+    preexec = launcher.child_setup(group, rlimits if set_rlimits else None, drop_to)
     proc = subprocess.Popen(argv, env=env, cwd=str(cwd) if mode == "none" else "/", preexec_fn=preexec)
     signal.signal(signal.SIGINT, lambda *_: _interrupt(group, proc))
     signal.signal(signal.SIGTERM, lambda *_: proc.kill())

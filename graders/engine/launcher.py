@@ -338,6 +338,28 @@ def unshare_argv(spec: Spec, new_root: Path) -> list[str]:
     return [*argv, sys.executable, "-I", str(ENGINE_DIR / "launch.py"), json.dumps(unshare_config(spec, new_root))]
 
 
+def child_setup(group: object | None, rlimits: dict[str, int] | None, drop_to: int | None):
+    """The ``preexec_fn`` of a sandboxed child (worker or kernel): join its cgroup first (so every
+    later process is in it), die with the parent, set the rlimits, and in the weakened root mode drop
+    to the per-worker uid: student code is never root."""
+
+    def setup() -> None:
+        if group is not None:
+            group.join()  # type: ignore[attr-defined]
+        die_with_parent()
+        if rlimits:
+            import resource
+
+            for name, value in rlimits.items():
+                resource.setrlimit(getattr(resource, name), (value, value))
+        if drop_to is not None:
+            os.setgroups([])
+            os.setgid(drop_to)
+            os.setuid(drop_to)
+
+    return setup
+
+
 def die_with_parent() -> None:
     """In a child before exec: SIGKILL it if the process that started it dies."""
     import ctypes

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import resource
 import select
 import shutil
 import signal
@@ -271,17 +270,7 @@ class Worker:
             p.filesystem, p.network, p.pid_namespace, p.ipc_namespace, p.private_tmp = "allow-list", True, True, True, True
         drop_to = uid if (root and mode == "none") else None
 
-        def preexec() -> None:
-            if cgroup is not None:
-                cgroup.join()  # before anything else runs: every later process is in the group
-            launcher.die_with_parent()
-            if set_rlimits:
-                for rname, value in rlimits.items():
-                    resource.setrlimit(getattr(resource, rname), (value, value))
-            if drop_to is not None:  # weakened root mode: still never root
-                os.setgroups([])
-                os.setgid(drop_to)
-                os.setuid(drop_to)
+        preexec = launcher.child_setup(cgroup, rlimits if set_rlimits else None, drop_to)
 
         self._log = folder.parent / f"{folder.name}.log"
         log = open(os.open(self._log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
