@@ -499,3 +499,44 @@ def lesson_copy_reference(root: Path) -> Path:
     for name in ("01_attention_playground.ipynb", "attention.py", "lab_experiment.py"):
         shutil.copy(source / name, folder / name)
     return folder
+
+
+def _children(pid: int, marker: str) -> list[int]:
+    """Live children of ``pid`` whose command line contains ``marker``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes() if Path(f"/proc/{entry}").exists() else b""
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and marker.encode() in cmdline:
+                found.append(int(entry))
+    return found
+
+
+def test_a_killed_cli_leaves_no_grading_process(tmp_path: Path):
+    """SIGKILL of `llm-grade run` ends its grading process (pytest) too: it has the CLI as parent-death
+    signal (and would also stop once its run folder, owned by the dead CLI, is cleaned)."""
+    hang = "import time\nwhile True:\n    time.sleep(1)\n"  # every call times out: a long grading
+    sub = make_submission(tmp_path / "sub", "03", {"attention.py": "def causal_mask(n):\n" + "    " + hang.replace("\n", "\n    ")})
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "graders.engine.cli", "run", "--lesson", "03", "--submission", str(sub),
+         "--out", str(tmp_path / "out"), "--call-timeout", "30"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (grading := _children(cli.pid, "pytest")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert grading, "the CLI never started its grading process"
+        time.sleep(3)  # the grading process is running hidden tests against the hanging worker
+    finally:
+        cli.kill()
+        cli.wait()
+    deadline = time.monotonic() + 20
+    while any(Path(f"/proc/{pid}").exists() for pid in grading) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = [pid for pid in grading if Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]]
+    assert not alive, f"grading process {alive} outlived the killed CLI"

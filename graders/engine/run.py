@@ -72,7 +72,11 @@ def grade(
         log_path = out_dir / "grader.log"
         with open(log_path, "wb") as log:
             try:
-                proc = (server or subprocess).run(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=run_timeout)
+                io = {"cwd": REPO_ROOT, "env": env, "stdout": log, "stderr": subprocess.STDOUT, "timeout": run_timeout}
+                if server is not None:
+                    proc = server.run(cmd, **io)
+                else:  # the grading process dies with this one (a killed CLI leaves no grading behind)
+                    proc = subprocess.run(cmd, **io, preexec_fn=launcher.die_with_parent)
                 if proc.returncode not in (0, 1, 5):  # 0 all passed, 1 some failed, 5 none collected
                     problem = f"the grading process ended with status {proc.returncode} (see {log_path})"
             except subprocess.TimeoutExpired:

@@ -18,7 +18,6 @@ so only that submission gets a grading problem.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import select
@@ -32,6 +31,8 @@ import time
 import traceback
 from collections.abc import Iterable
 from pathlib import Path
+
+from graders.engine import launcher
 
 _HEADER = struct.Struct(">I")
 _MAX_MESSAGE = 64 << 20
@@ -119,7 +120,7 @@ class GradingServer:
             self._proc = subprocess.Popen(
                 [sys.executable, "-c", "from graders.engine.server import serve; serve()", str(theirs.fileno())],
                 cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                pass_fds=[theirs.fileno()], start_new_session=True,
+                pass_fds=[theirs.fileno()], start_new_session=True, preexec_fn=launcher.die_with_parent,
             )  # fmt: skip
         finally:
             theirs.close()
@@ -261,8 +262,7 @@ def _child(request: dict, fds: list[int], sock: socket.socket) -> None:
     try:
         sock.close()
         os.setpgid(0, 0)
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: dies with the zygote
+        launcher.die_with_parent()  # dies with the zygote
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
         null = os.open(os.devnull, os.O_RDONLY)
