@@ -150,3 +150,21 @@ def test_kernel_cannot_read_the_gradebook_or_sources(tmp_path: Path):
     (grade,), _ = labs.autograde(REPO, "03", lesson_copy(tmp_path / "sub", path), MODULES, tmp_path / "out")
     cells = {c["cell"]: c["score"] for c in grade.cells}
     assert cells["test_attention_entropy"] == 2.0, json.dumps(grade.cells)
+
+
+@pytest.mark.slow
+def test_notebooks_get_the_reference_copy_of_provided_files(tmp_path: Path):
+    """Lesson 05's blocks.py is given complete: the kernel imports the reference's, never the student's."""
+    from graders.engine import lessons
+
+    lesson = lessons.load("05")
+    assert "blocks" in lesson.provided
+    reference = REPO / "solutions_private" / "lesson_05"
+    folder = tmp_path / "sub" / "lesson_05"
+    folder.mkdir(parents=True)
+    for path in [*reference.glob("*.ipynb"), *(reference / f"{m}.py" for m in lesson.modules + lesson.lab_modules)]:
+        shutil.copy(path, folder / path.name)
+    (folder / "blocks.py").write_text("raise ImportError('a student copy of a provided file')\n")
+    grades, _ = labs.autograde(REPO, "05", folder, lesson.modules + lesson.lab_modules, tmp_path / "out",
+                               provided=dict(lesson.provided))
+    assert grades and all(g.problem is None and g.score == g.max_score > 0 for g in grades), grades

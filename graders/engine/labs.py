@@ -113,8 +113,11 @@ def _kernelspec(course: Path, sandbox: bool) -> Path:
 
 
 def autograde(root: Path, lesson: str, submission_lesson_dir: Path, modules: tuple[str, ...], out_dir: Path,
-              hide: tuple[Path, ...] = ()) -> tuple[list[NotebookGrade], str]:
+              hide: tuple[Path, ...] = (), provided: dict[str, Path] | None = None) -> tuple[list[NotebookGrade], str]:
     """Autograde every lab notebook of ``lesson`` in the submission; (grades, sandbox note).
+
+    ``provided`` (stem -> trusted reference file) are the files given complete to students: the
+    kernel gets the reference's copy, never the student's.
 
     The course is built in a temporary folder (the output folder may sit inside the
     instructor's tree, which the kernel must not see) and copied to ``OUT/nbgrader/``
@@ -142,10 +145,13 @@ def autograde(root: Path, lesson: str, submission_lesson_dir: Path, modules: tup
                 shutil.copy(src, submitted / nb.name)
             else:
                 missing.append(nb.name)
+        provided = provided or {}
         for stem in modules:  # the notebook imports the lesson's modules and lab files from its folder
             src = submission_lesson_dir / f"{stem}.py"
-            if src.is_file() and not src.is_symlink():
+            if stem not in provided and src.is_file() and not src.is_symlink():
                 shutil.copy(src, submitted / src.name)
+        for stem, trusted in provided.items():
+            shutil.copy(trusted, submitted / f"{stem}.py")
         shutil.copytree(sandbox.REPO_ROOT / "labkit", submitted / "labkit", ignore=shutil.ignore_patterns("__pycache__"))
         # The kernel sees an allow-list (system, venv, its notebook folder): never the sources,
         # hidden tests, gradebook or another kernel's connection file; it runs as a uid of its own.

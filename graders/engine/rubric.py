@@ -350,8 +350,8 @@ def score(lesson: lessons.Lesson, submission: Path, out_dir: Path, *, hide: tupl
     res = provenance.reusable(out_dir / "results.json", lesson, lesson_dir, keyword=None, call_timeout=CALL_TIMEOUT)
     if res is None:
         res = grade(lesson, submission, out_dir, hide=hide)
-    notebooks, nb_note = labs.autograde(REPO_ROOT, lesson.number, lesson_dir, lesson.sandbox_modules + lesson.lab_modules,
-                                        out_dir, hide=(*hide, submission))
+    notebooks, nb_note = labs.autograde(REPO_ROOT, lesson.number, lesson_dir, lesson.modules + lesson.lab_modules,
+                                        out_dir, hide=(*hide, submission), provided=dict(lesson.provided))
     runs, problems = find_runs(project, lesson)
     rerun = rerun_latest(lesson, lesson_dir, runs, cfg.get("reproducibility", {}), (*hide, out_dir, submission))
 
