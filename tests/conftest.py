@@ -19,6 +19,7 @@ import pytest
 
 from graders.engine import lessons
 from graders.engine.run import grade
+from graders.engine.sandbox import Worker
 from graders.engine.server import GradingServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,6 +93,17 @@ def make_submission(root: Path, lesson: str, files: dict[str, str]) -> Path:
     for name, text in files.items():
         (folder / name).write_text(text, encoding="utf-8")
     return root
+
+
+def scratch_worker(tmp_path: Path, modules: dict[str, str], *, other: dict[str, str] | None = None,
+                   timeout: float = 20) -> Worker:
+    """A Worker over a scratch ``lesson_99/``: ``modules`` (stem -> source) are allow-listed; ``other`` files
+    (name -> text) only sit in the folder."""
+    folder = tmp_path / "lesson_99"
+    folder.mkdir(exist_ok=True)
+    for name, text in {**{f"{stem}.py": src for stem, src in modules.items()}, **(other or {})}.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return Worker(folder, tuple(modules), timeout=timeout)
 
 
 def mutate(source: str, old: str, new: str) -> str:

@@ -9,6 +9,7 @@ import torch
 
 from graders.engine import remote
 from graders.engine.sandbox import StudentError, Worker, WorkerDied
+from tests.conftest import scratch_worker
 
 MODEL = '''
 import os
@@ -35,9 +36,7 @@ class Tiny(torch.nn.Module):
 
 @pytest.fixture
 def worker(tmp_path: Path):
-    (tmp_path / "lesson_99").mkdir()
-    (tmp_path / "lesson_99" / "tiny.py").write_text(MODEL)
-    with Worker(tmp_path / "lesson_99", ("tiny",), timeout=20) as w:
+    with scratch_worker(tmp_path, {"tiny": MODEL}) as w:
         yield w
 
 

@@ -11,7 +11,7 @@ import torch
 
 from graders.engine.plaindata import NotPlainData, check_plain
 from graders.engine.sandbox import StudentError, Worker, WorkerDied
-from tests.conftest import REPO
+from tests.conftest import REPO, scratch_worker
 
 PROBE = '''
 import os, socket
@@ -44,11 +44,8 @@ def echo(x):
 
 @pytest.fixture
 def worker(tmp_path: Path):
-    lesson = tmp_path / "lesson_99"
-    lesson.mkdir()
-    (lesson / "probe.py").write_text(PROBE)
-    (lesson / "conftest.py").write_text("raise SystemExit\n")  # not allow-listed: never copied
-    with Worker(lesson, ("probe",), timeout=20) as w:
+    # conftest.py is not allow-listed: never copied
+    with scratch_worker(tmp_path, {"probe": PROBE}, other={"conftest.py": "raise SystemExit\n"}) as w:
         yield w
 
 

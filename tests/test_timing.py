@@ -13,6 +13,7 @@ import pytest
 
 from graders.engine import timing
 from graders.engine.sandbox import Worker
+from tests.conftest import scratch_worker
 
 MODULE = '''
 import threading, time
@@ -41,9 +42,7 @@ def idle(seconds):
 
 @pytest.fixture
 def worker(tmp_path: Path):
-    (tmp_path / "lesson_99").mkdir()
-    (tmp_path / "lesson_99" / "timed.py").write_text(MODULE)
-    with Worker(tmp_path / "lesson_99", ("timed",), timeout=30) as w:
+    with scratch_worker(tmp_path, {"timed": MODULE}, timeout=30) as w:
         yield w
 
 

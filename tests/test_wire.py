@@ -16,6 +16,7 @@ import torch
 from graders.engine import expect, wire
 from graders.engine.plaindata import shorten
 from graders.engine.sandbox import StudentError, Worker, WorkerDied
+from tests.conftest import scratch_worker
 
 MIB = 1 << 20
 
@@ -247,10 +248,7 @@ def echo(x):
 
 @pytest.fixture
 def worker(tmp_path: Path):
-    lesson = tmp_path / "lesson_99"
-    lesson.mkdir()
-    (lesson / "hostile.py").write_text(HOSTILE_MODULE)
-    with Worker(lesson, ("hostile",), timeout=20) as w:
+    with scratch_worker(tmp_path, {"hostile": HOSTILE_MODULE}) as w:
         w.request({"op": "ping"})  # started before anything is measured
         yield w
 
