@@ -74,6 +74,8 @@ def _allowed() -> set[tuple[str, str]]:
 def test_no_instructor_paths(released: Path):
     for path in released.rglob("*"):
         rel = path.relative_to(released)
+        if rel.parts[0] == ".git":  # the release's own one-commit repository (next test), never the instructor's
+            continue
         assert not {"solutions_private", "graders", ".git", ".venv"} & set(rel.parts), rel
     assert sorted(p.name for p in (released / "tests").iterdir()) == ["test_student_setup.py"], "instructor tests/ leaked"
     assert (released / "labkit" / "__init__.py").exists() == (REPO / "labkit" / "__init__.py").exists()
@@ -142,6 +144,14 @@ def test_student_files_are_adapted(released: Path):
 
 
 @pytest.mark.slow
+def test_the_release_is_a_git_repository_with_one_commit(released: Path):
+    """labkit's env.json records the commit a run came from: a fresh release has one, and nothing ignored in it."""
+    log = subprocess.run(["git", "log", "--format=%s"], cwd=released, capture_output=True, text=True, check=True)
+    assert log.stdout.splitlines() == ["Course release"], "the instructor's history must not reach the release"
+    tracked = subprocess.run(["git", "ls-files"], cwd=released, capture_output=True, text=True, check=True).stdout
+    assert "lessons/lesson_03.md" in tracked.splitlines() and ".venv/" not in tracked
+
+
 def test_refuses_a_non_empty_folder_unless_forced(tmp_path: Path, released: Path):
     out = tmp_path / "student-repo"
     (out / "lessons").mkdir(parents=True)

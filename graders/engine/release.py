@@ -270,4 +270,21 @@ def build(out: Path, *, force: bool = False, root: Path = REPO_ROOT) -> list[Pat
             elif target.exists() or target.is_symlink():
                 target.unlink()
             entry.rename(target)
+    _first_commit(out)
     return [out / e.name for e in entries]
+
+
+def _first_commit(out: Path) -> None:
+    """Make a new release a git repository with one commit: labkit's env.json records the commit a run
+    came from. A folder that is already a repository is the student's: its history is left alone."""
+    if (out / ".git").exists():
+        return
+    git = shutil.which("git")
+    if git is None:
+        raise ReleaseError("git is not installed: the release is a git repository (install git, then re-run)")
+    who = ["-c", "user.name=LLM course", "-c", "user.email=course@localhost", "-c", "commit.gpgsign=false"]
+    steps = {"init": ["init", "-q"], "add": ["add", "-A"], "commit": [*who, "commit", "-q", "-m", "Course release"]}
+    for step, args in steps.items():
+        proc = subprocess.run([git, *args], cwd=out, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ReleaseError(f"git {step} failed in {out}: {proc.stderr.strip()[:200]}")
