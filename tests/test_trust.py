@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from graders.engine import cgroup, launcher, lessons, runroot
+from graders.engine import cgroup, launcher, lessons, runroot, sandbox
 from graders.engine.run import grade
 from graders.engine.sandbox import SandboxUnavailable, Worker, WorkerDied
 from tests.conftest import REPO, make_submission
@@ -502,17 +502,14 @@ def lesson_copy_reference(root: Path) -> Path:
 
 
 def _children(pid: int, marker: str) -> list[int]:
-    """Live children of ``pid`` whose command line contains ``marker``."""
+    """Live children of ``pid`` whose command line contains ``marker`` (the sandbox's own /proc walk)."""
     found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes() if Path(f"/proc/{entry}").exists() else b""
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and marker.encode() in cmdline:
-                found.append(int(entry))
+    for child in sandbox._proc_children().get(pid, []):
+        try:
+            if marker.encode() in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+        except OSError:  # gone since the walk
+            continue
     return found
 
 
