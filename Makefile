@@ -1,6 +1,8 @@
 # Quick start: `make grade` (grade your exercises/) and `make test` (the repository's own suite).
 # Both create .venv on first use. The venv is built from Debian's /usr/bin/python3.11 when
-# present, so the sandboxed worker can run it as an unprivileged user.
+# present, so the sandboxed worker can run it as an unprivileged user. Every target runs .venv's
+# own binaries ($(BIN)/...): nothing needs an activated venv. The student loop, as in the release:
+# `make check LESSON=NN`, `make submit LESSON=NN`, `make kernel`, `make lab`, `make notebooks LESSON=NN`.
 PYTHON ?= $(shell test -x /usr/bin/python3.11 && echo /usr/bin/python3.11 || command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,8 +10,11 @@ STAMP := $(VENV)/.installed
 LESSON ?= all
 SUBMISSION ?= .
 OUT ?= grading-out
+# Empty: torch from the default index. A CPU-only machine: the CPU wheel index from PyTorch's install page.
+TORCH_INDEX ?=
+KERNEL := llm-course
 
-.PHONY: setup sandbox-tools grade test lint sync kernel clean
+.PHONY: setup sandbox-tools grade test lint sync check submit kernel lab notebooks clean
 
 setup: $(STAMP) sandbox-tools
 
@@ -24,7 +29,7 @@ sandbox-tools:
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.13.0
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
@@ -50,8 +55,27 @@ lint: setup
 sync: setup
 	$(BIN)/llm-grade sync
 
+# The student's self-check and submission zip (labkit reads LESSON as a decimal: 08 is eight).
+check: setup
+	$(BIN)/python -m labkit check '$(LESSON)'
+
+submit: setup
+	$(BIN)/python -m labkit submit '$(LESSON)'
+
 kernel: setup
-	$(BIN)/python -m ipykernel install --user --name llm-course --display-name "LLM course (.venv)"
+	$(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "LLM course (.venv)"
+
+lab: kernel
+	$(BIN)/jupyter lab --ServerApp.root_dir=labs
+
+# LESSON as a decimal (expr reads 08 as eight; printf %02d alone would read it as octal and fail).
+notebooks: kernel
+	@nn=$$(echo '$(LESSON)' | sed -E 's/^lesson_?//'); \
+	case "$$nn" in [0-9]|[0-9][0-9]) ;; *) echo "notebooks: '$(LESSON)' is not a lesson number: give one, e.g. make notebooks LESSON=5" >&2; exit 2;; esac; \
+	nn=$$(printf '%02d' "$$(expr "$$nn" + 0)"); set -- labs/lesson_$$nn/*.ipynb; \
+	test -e "$$1" || { echo "notebooks: no notebook in labs/lesson_$$nn/ (is LESSON right?)" >&2; exit 2; }; \
+	echo "$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.kernel_name=$(KERNEL) $$*"; \
+	$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.kernel_name=$(KERNEL) "$$@"
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import os
@@ -100,7 +101,20 @@ class Run:
             summary = {k: v for k, v in self._metrics[-1].items() if k != "time"}
         text = json.dumps(summary, indent=2, default=_json_default)
         (self.dir / "summary.json").write_text(text + "\n", encoding="utf-8")
+        _record_threads(self.dir / "env.json")
         return json.loads(text)
+
+
+def _record_threads(path: Path) -> None:
+    """env.json's torch_threads, rewritten at finish: a lab sets its thread count after start_run."""
+    try:
+        import torch
+
+        env = json.loads(path.read_text(encoding="utf-8"))
+        env["torch_threads"] = torch.get_num_threads()
+        path.write_text(json.dumps(env, indent=2) + "\n", encoding="utf-8")
+    except (ImportError, OSError, ValueError, TypeError):
+        pass
 
 
 def project_root(start: Path | None = None) -> Path | None:
@@ -180,9 +194,14 @@ def load_run(run_dir: str | Path) -> dict:
     }
 
 
+MAX_ARTIFACT_BYTES = 4 << 20  # each file sent back by rerun(); larger ones come back as None
+MAX_ARTIFACTS_TOTAL = 12 << 20  # all of them together (the reply must stay small)
+
+
 def rerun(entry_file: str, function: str, config: dict, seed: int, root: str = "") -> dict:
-    """Re-execute a logged run: import ``entry_file``, call ``function(config, seed=seed)``
-    with the seeds reset, under ``root``; return the new run's summary. Used by the rubric."""
+    """Re-execute a logged run: import ``entry_file``, call ``function(config, seed=seed)`` with the seeds
+    reset, under ``root``. Returns ``{"summary": {...}, "artifacts": {name: base64 or None}}``: every file
+    of the new run's artifacts/ (None when over the size caps). Used by the rubric, which validates them."""
     os.environ[RUNS_DIR_ENV] = root or os.path.join(os.environ.get("TMPDIR", "/tmp"), "labkit-rerun")
     spec = importlib.util.spec_from_file_location("labkit_rerun_entry", entry_file)
     if spec is None or spec.loader is None:
@@ -194,7 +213,19 @@ def rerun(entry_file: str, function: str, config: dict, seed: int, root: str = "
     if not isinstance(result, Run):
         raise TypeError(f"{function}(config) must return the labkit Run it logged, got {type(result).__name__}")
     summary = result.dir / "summary.json"
-    return json.loads(summary.read_text()) if summary.exists() else {}
+    files: dict[str, str | None] = {}
+    folder, total = result.dir / "artifacts", 0
+    for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
+        if path.is_symlink() or not path.is_file():
+            continue
+        size = path.stat().st_size
+        name = path.relative_to(folder).as_posix()
+        if size > MAX_ARTIFACT_BYTES or total + size > MAX_ARTIFACTS_TOTAL:
+            files[name] = None
+            continue
+        total += size
+        files[name] = base64.b64encode(path.read_bytes()).decode("ascii")
+    return {"summary": json.loads(summary.read_text()) if summary.exists() else {}, "artifacts": files}
 
 
 def progress(iterable: Iterable, desc: str = "", total: int | None = None):

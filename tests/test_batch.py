@@ -291,3 +291,47 @@ def test_a_grading_problem_is_not_a_fail_and_batch_exits_non_zero(tmp_path: Path
     assert (broken["students_graded"], broken["pass_rate"], broken["grading_problems"]) == ("0", "", "2"), broken
     again = cli.main(["batch", "--lesson", "03", "--submissions", str(subs), "--out", str(out)])
     assert again == 1 and "(0 from earlier runs)" in capsys.readouterr().out, "a result with a problem is regraded"
+
+
+@pytest.mark.slow
+def test_cli_batch_rubric_columns_class_course_resume_and_gradebook(tmp_path: Path):
+    """batch --rubric: rubric columns per student, one class course for the formgrader, a resumed batch reuses
+    every rubric (and the class entry), and `gradebook` finalises what nbgrader already scored."""
+    subs, out = tmp_path / "subs", tmp_path / "out"
+    ann = subs / "ann"
+    (ann / "exercises" / "lesson_06").mkdir(parents=True)
+    shutil.copy(REPO / "solutions_private" / "lesson_06" / "rope.py", ann / "exercises" / "lesson_06")
+    shutil.copytree(REPO / "labs" / "lesson_06", ann / "labs" / "lesson_06", ignore=shutil.ignore_patterns("lab.toml"))
+    for name in ("lab_rope.ipynb", "lab_experiment.py"):  # the reference lab, notebook answers included
+        shutil.copy(REPO / "solutions_private" / "lesson_06" / name, ann / "labs" / "lesson_06")
+    (subs / "dave").mkdir()  # no lesson: not graded, no rubric, still a row
+    args = ["batch", "--lesson", "6", "--submissions", str(subs), "--out", str(out), "--rubric"]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    with open(out / "grades.csv", newline="", encoding="utf-8") as f:
+        assert next(csv.reader(f)) == [*batch.GRADES_COLUMNS, *batch.CRITERIA, "manual_pending", "total", "total_max"]
+    by = {r["student"]: r for r in _read_csv(out / "grades.csv")}
+    report = json.loads((out / "ann" / "rubric.json").read_text())
+    row = by["ann"]
+    assert row["status"] == "graded" and row["manual_pending"] == "yes" and row["conceptual_clarity"] == ""
+    assert float(row["implementation"]) == report["criteria"]["implementation"]["score"] > 0
+    assert float(row["total"]) == report["score"] == sum(float(row[c]) for c in batch.CRITERIA if row[c])
+    assert float(row["total_max"]) == report["max_score"]
+    assert by["dave"]["status"] == "not graded" and by["dave"]["total"] == by["dave"]["manual_pending"] == ""
+    course = out / "nbgrader"
+    assert (course / "gradebook.db").is_file() and (course / "submitted" / "ann" / "lesson_06" / "lab_rope.ipynb").is_file()
+    assert f"cd {course} && " in first.stdout and "server --ServerApp.default_url=/formgrader" in first.stdout
+    assert "class course: " in first.stdout and "1 merged" in first.stdout
+    mtime = (out / "ann" / "rubric.json").stat().st_mtime_ns
+    again = run_cli(*args)
+    assert again.returncode == 0 and "1 graded (1 from earlier runs)" in again.stdout and "1 unchanged" in again.stdout
+    assert (out / "ann" / "rubric.json").stat().st_mtime_ns == mtime, "an unchanged submission's rubric is reused"
+    merged = run_cli("gradebook", "--lesson", "06", "--out", str(out))
+    assert merged.returncode == 0, merged.stderr
+    # The reference notebook's answer cells are unchanged from the source: nbgrader itself scores them 0, needing
+    # no manual grade, so the class gradebook makes conceptual clarity final at 0 (formgrader shows the same).
+    assert "1 with final rubric scores, 0 manual pending" in merged.stdout, merged.stdout
+    ann_row = _read_csv(out / "grades.csv")[0]
+    assert (ann_row["conceptual_clarity"], ann_row["manual_pending"]) == ("0", "no"), ann_row
+    refused = run_cli(*args, "--call-timeout", "20")
+    assert refused.returncode == 2 and "drop --call-timeout" in refused.stderr

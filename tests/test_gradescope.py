@@ -34,6 +34,8 @@ def test_zip_holds_what_grading_needs_and_nothing_else(tmp_path: Path, lesson: s
     names = gradescope.build(spec, tmp_path / "autograder.zip")
     assert {"setup.sh", "run_autograder", "source/pyproject.toml", "source/constraints.txt"} <= set(names)
     assert "source/graders/engine/run.py" in names and "source/graders/engine/worker_main.py" in names
+    assert f"source/labs/{spec.dirname}/lab.toml" in names, "the rubric reads the instructor's copy of lab.toml"
+    assert not any(n.startswith("source/labs/") and not n.endswith("/lab.toml") for n in names), "only lab.toml of labs/"
     hidden = {p.relative_to(REPO).as_posix() for p in spec.graders_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
     assert {f"source/{h}" for h in hidden} <= set(names)
     if (REPO / "solutions_private" / spec.dirname).is_dir():
@@ -123,3 +125,67 @@ def test_run_autograder_refuses_links_to_the_reference(gradescope_root: Path, li
         assert res["max_score"] > 0 and res["extra_data"]["provenance"]["files"]["attention.py"].startswith("unreadable")
     else:
         assert "is a symbolic link" in res["output"] and res["tests"] == [], res["output"]
+
+
+# --------------------------------------------------------------------------- the student's `make submit` zip
+def student_zip(tmp_path: Path, lesson: str = "03") -> Path:
+    """`make submit LESSON=NN` on a copy of this repository's student files (stubs, lab, one run)."""
+    from labkit import submit
+
+    project = tmp_path / "student"
+    shutil.copytree(REPO / "exercises" / f"lesson_{lesson}", project / "exercises" / f"lesson_{lesson}",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    labs = REPO / "labs" / f"lesson_{lesson}"
+    if labs.is_dir():
+        shutil.copytree(labs, project / "labs" / f"lesson_{lesson}", ignore=shutil.ignore_patterns("__pycache__"))
+    run = project / "runs" / "20250101-000000-timing"
+    run.mkdir(parents=True)
+    entry = f"labs/lesson_{lesson}/lab_experiment.py:run_experiment"
+    (run / "config.json").write_text(json.dumps({"config": {}, "seeds": [0], "entrypoint": entry}))
+    out, _ = submit.build(project, lesson)
+    return out
+
+
+def unpack_submission(zip_path: Path, root: Path) -> Path:
+    with zipfile.ZipFile(zip_path) as zf:
+        zf.extractall(root / "submission")  # what Gradescope does with an uploaded zip
+    return root / "submission"
+
+
+def test_manifest_of_a_submit_zip_is_checked(tmp_path: Path):
+    sub = unpack_submission(student_zip(tmp_path), tmp_path)
+    assert gradescope.verify_manifest(sub) is None
+    assert gradescope.verify_manifest(tmp_path) is None, "an upload without MANIFEST.json is graded as before"
+    (sub / "exercises" / "lesson_03" / "attention.py").write_text("# edited after make submit\n")
+    (sub / "extra.py").write_text("x = 1\n")
+    why = gradescope.verify_manifest(sub)
+    assert why and "exercises/lesson_03/attention.py changed after `make submit`" in why and "extra.py is not in" in why
+    assert "make submit LESSON=NN" in why and "\n" not in why
+    (sub / "MANIFEST.json").write_text("{not json")
+    assert "MANIFEST.json unreadable" in gradescope.verify_manifest(sub)
+
+
+def test_run_autograder_reports_a_manifest_mismatch_as_the_reason(gradescope_root: Path, tmp_path: Path):
+    shutil.rmtree(gradescope_root / "submission")
+    sub = unpack_submission(student_zip(tmp_path), gradescope_root)
+    (sub / "runs" / "20250101-000000-timing" / "config.json").unlink()
+    res = run_autograder(gradescope_root)
+    assert res["score"] == 0 and res["tests"] == [] and res["extra_data"]["manifest"] == "mismatch"
+    assert "runs/20250101-000000-timing/config.json is missing" in res["output"], res["output"]
+
+
+def test_run_autograder_grades_the_submit_zip_layout(gradescope_root: Path, tmp_path: Path):
+    """The zip `make submit` writes, unpacked by Gradescope, is graded as a repository root (stubs: 0 points)."""
+    shutil.rmtree(gradescope_root / "submission")
+    sub = unpack_submission(student_zip(tmp_path), gradescope_root)
+    assert (sub / "MANIFEST.json").is_file() and (sub / "exercises" / "lesson_03" / "attention.py").is_file()
+    res = run_autograder(gradescope_root)
+    assert res["max_score"] > 0 and res["score"] == 0, res["output"]
+    counted = [t for t in res["tests"] if t["max_score"] > 0]
+    assert counted and all("NotImplementedError" in t["output"] for t in counted)
+    assert str(sub) in res["output"], "graded the unpacked zip itself, not a flattened copy"
+
+
+def test_no_package_host_is_named():
+    text = (REPO / "graders" / "engine" / "gradescope.py").read_text()
+    assert "://" not in text.replace("#!/usr/bin/env", ""), "never name package hosts: say where to look instead"

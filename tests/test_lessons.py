@@ -24,17 +24,36 @@ def test_every_lesson_declares_a_complete_kit(number: str):
     for stem, path in lesson.provided.items():
         assert path == REPO / "solutions_private" / lesson.dirname / f"{stem}.py" and path.is_file()
     assert lesson.rubric["reflection"]["notes"] == f"labs/{lesson.dirname}/notes.md"
-    assert lesson.rubric["reproducibility"]["required_artifacts"] == list(lesson.artifacts)
+    assert (REPO / "labs" / lesson.dirname / "lab.toml").is_file(), "the lab's public declaration"
+    assert lesson.artifacts and list(lesson.artifacts) == lesson.rubric["artifacts"]
+    assert any(a["kind"] == "notes_line" for a in lesson.artifacts), "every lab asks for the rerun line in notes.md"
     assert not (lesson.graders_dir / "conftest.py").exists() and not (lesson.graders_dir / "rubric.toml").exists()
+    for name, category in lesson.categories.items():
+        assert category["hidden"] and category["visible"], name
 
 
-def test_overrides_merge_over_the_rubric_defaults(tmp_path: Path):
+def lab_root(tmp_path: Path, lab: str = '[[artifacts]]\nfile = "plot.png"\nkind = "png"\n') -> Path:
+    """A scratch instructor repository holding labs/lesson_99/lab.toml."""
+    (tmp_path / "labs" / "lesson_99").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "labs" / "lesson_99" / "lab.toml").write_text(lab)
+    return tmp_path
+
+
+def test_lab_toml_overrides_merge_over_the_rubric_defaults(tmp_path: Path):
     path = tmp_path / "lesson.toml"
-    path.write_text(GOOD + 'artifacts = ["plot"]\n[rubric.weights]\nreflection = 0\n[rubric.reproducibility]\nrerun_timeout = 9\n')
-    lesson = lessons.parse("99", path, solutions=tmp_path)
+    path.write_text(GOOD)
+    lab = '[[artifacts]]\nfile = "plot.png"\nkind = "png"\n[rubric.weights]\nreflection = 0\n[rubric.reproducibility]\nrerun_timeout = 9\n'
+    lesson = lessons.parse("99", path, solutions=tmp_path, root=lab_root(tmp_path, lab))
     assert lesson.rubric["weights"]["reflection"] == 0 and lesson.rubric["weights"]["implementation"] == 40
     assert lesson.rubric["reproducibility"] == lesson.rubric["reproducibility"] | {"rerun_timeout": 9, "rerun_rtol": 1e-4}
-    assert lesson.rubric["reproducibility"]["required_artifacts"] == ["plot"] and lesson.artifacts == ("plot",)
+    assert lesson.artifacts == ({"file": "plot.png", "kind": "png"},) and lesson.categories == {}
+
+
+def test_categories_are_read_and_checked(tmp_path: Path):
+    path = tmp_path / "lesson.toml"
+    path.write_text(GOOD + '[categories]\nparity = { hidden = ["test_parity*"], visible = ["test_small"] }\n')
+    lesson = lessons.parse("99", path, solutions=tmp_path, root=lab_root(tmp_path))
+    assert lesson.categories == {"parity": {"hidden": ["test_parity*"], "visible": ["test_small"]}}
 
 
 @pytest.mark.parametrize(
@@ -47,14 +66,22 @@ def test_overrides_merge_over_the_rubric_defaults(tmp_path: Path):
         (GOOD.replace(":Lesson99", ""), '`bindings` must name the class as "package.module:Class"'),
         (GOOD + 'provided = ["blocks"]\n', "provided file blocks.py has no reference copy"),
         (GOOD + 'provided = ["twice"]\n', "twice cannot be both graded"),
-        (GOOD + "rubric = 3\n", "`rubric` must be a table"),
+        (GOOD + "rubric = 3\n", "rubric moved to labs/lesson_99/lab.toml"),
+        (GOOD + 'artifacts = ["plot"]\n', "artifacts moved to labs/lesson_99/lab.toml"),
+        (GOOD + "categories = 3\n", "`categories` must be a table"),
+        (GOOD + '[categories]\nparity = { hidden = ["t*"] }\n', "category 'parity' must have exactly `hidden` and `visible`"),
+        (GOOD + '[categories]\nparity = { hidden = ["t*"], visible = [] }\n', "`visible` must be a non-empty list"),
+        (GOOD, "lab.toml is missing"),
     ],
 )
 def test_a_broken_lesson_toml_is_one_line(tmp_path: Path, text: str, message: str):
     path = tmp_path / "lesson.toml"
     path.write_text(text)
+    root = tmp_path / "repo"
+    if message != "lab.toml is missing":
+        lab_root(root)
     with pytest.raises(lessons.GradingSetupError) as info:
-        lessons.parse("99", path, solutions=tmp_path)
+        lessons.parse("99", path, solutions=tmp_path, root=root)
     assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -45,9 +48,9 @@ def _solution_lines() -> set[str]:
     marker = re.compile(r"^\s*#+ ?BEGIN SOLUTION.*?\n(.*?)^\s*#+ ?END SOLUTION", re.M | re.S)
     for nb in (REPO / "solutions_private").rglob("*.ipynb"):
         regions += [m[1] for c in json.loads(nb.read_text())["cells"] for m in marker.finditer("".join(c["source"]))]
-    # Lines the stubs hand out by design are not leaks. The committed stubs are what `sync` plans (a release
+    # Lines the stubs (exercises/ and the labs/ lab stubs) hand out by design are not leaks. The committed stubs are what `sync` plans (a release
     # refuses to build when they drift), and reading them spares a second nbgrader run of every notebook.
-    stubs = [p for p in (REPO / "exercises").glob("lesson_[0-9][0-9]/*") if p.suffix in (".py", ".ipynb")]
+    stubs = [p for top in ("exercises", "labs") for p in (REPO / top).glob("lesson_[0-9][0-9]/*") if p.suffix in (".py", ".ipynb")]
     given = "\n".join(p.read_text() for p in stubs if not p.name.startswith("test_") and p.name != "conftest.py")
     lines = {ln.split("  #")[0].strip() for r in regions for ln in r.splitlines()}
     return {ln for ln in lines if len(ln) > 25 and not ln.startswith("#") and ln not in given}
@@ -80,6 +83,7 @@ def test_no_instructor_paths(released: Path):
     assert sorted(p.name for p in (released / "tests").iterdir()) == ["test_student_setup.py"], "instructor tests/ leaked"
     assert (released / "labkit" / "__init__.py").exists() == (REPO / "labkit" / "__init__.py").exists()
     assert {p.name for p in (released / "exercises").glob("lesson_*")} == {p.name for p in (REPO / "exercises").glob("lesson_*")}
+    assert {p.name for p in (released / "labs").glob("lesson_*")} == {p.name for p in (REPO / "labs").glob("lesson_*")}
 
 
 @pytest.mark.slow
@@ -110,9 +114,14 @@ def _pytest(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_visible_tests_run_and_fail_on_the_stubs(released: Path):
+    """On untouched stubs: one line per unimplemented function, not a traceback reprinting each docstring."""
     proc = _pytest(released, "exercises/lesson_03")
     assert proc.returncode == 1, proc.stdout[-3000:]
     assert "NotImplementedError" in proc.stdout and "error" not in proc.stdout.splitlines()[-1], proc.stdout[-3000:]
+    stubs = [ln for ln in proc.stdout.splitlines() if ": not implemented yet (see lessons/lesson_03.md §" in ln]
+    assert {ln.split()[1].rstrip(":") for ln in stubs} == {"causal_mask", "scaled_dot_product_attention"}, proc.stdout
+    assert all(ln.startswith("exercises/lesson_03/attention.py:") for ln in stubs), stubs
+    assert len(proc.stdout.splitlines()) < 20 and "Args:" not in proc.stdout, proc.stdout
 
 
 @pytest.mark.slow
@@ -127,9 +136,15 @@ def test_student_files_are_adapted(released: Path):
     for word in ("solutions_private", "llm-grade", "make grade", "graders/", "@LESSONS@"):
         assert word not in readme, word
     assert "pytest exercises/lesson_NN" in readme and "| 03 |" in readme
+    assert "labs/lesson_NN/" in readme and "make submit LESSON=NN" in readme and "make check LESSON=NN" in readme
+    assert "TORCH_INDEX=" in readme and "://" not in readme and ".venv/bin/pytest exercises/lesson_NN" in readme
     makefile = (released / "Makefile").read_text()
     targets = set(re.findall(r"^([a-z]+):", makefile, re.M))
-    assert {"setup", "test", "kernel"} <= targets and "grade" not in targets
+    assert {"setup", "test", "kernel", "check", "submit", "lab", "notebooks"} <= targets and "grade" not in targets
+    assert "TORCH_INDEX ?=\n" in makefile and "://" not in makefile
+    recipes = [ln.strip() for ln in makefile.splitlines() if ln.startswith("\t")]
+    tools = {m for ln in recipes for m in re.findall(r"(?:^|[;&|] *)(python|pip|pytest|jupyter|ruff)\b", ln)}
+    assert not tools, f"recipes call {tools} from PATH: use $(BIN)/..., a fresh release has no activated venv"
     agents = (released / "AGENTS.md").read_text()
     assert "make grade" not in agents and "For agents working on the course repository" not in agents
     for text in (readme, agents):
@@ -150,6 +165,51 @@ def test_the_release_is_a_git_repository_with_one_commit(released: Path):
     assert log.stdout.splitlines() == ["Course release"], "the instructor's history must not reach the release"
     tracked = subprocess.run(["git", "ls-files"], cwd=released, capture_output=True, text=True, check=True).stdout
     assert "lessons/lesson_03.md" in tracked.splitlines() and ".venv/" not in tracked
+
+
+def _make(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    # A make of its own, not a sub-make of the suite's `make test` (that one would print "Entering directory").
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    return subprocess.run(["make", "--no-print-directory", *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=env)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("target", "lesson", "command"), [("check", "5", "check '5'"), ("submit", "05", "submit '05'"),
+                                                            ("check", "lesson_08", "check 'lesson_08'")])  # fmt: skip
+def test_student_make_targets_resolve(released: Path, target: str, lesson: str, command: str):
+    """`make -n check LESSON=5` / `submit LESSON=05` in the release: the venv's python runs labkit, nothing from PATH."""
+    proc = _make(released, "-n", target, f"LESSON={lesson}")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == f".venv/bin/python -m labkit {command}", proc.stdout
+
+
+@pytest.mark.slow
+def test_labs_ship_with_notes_and_lab_declarations(released: Path):
+    lessons = sorted(p.name for p in (REPO / "exercises").glob("lesson_[0-9][0-9]"))
+    for name in lessons:
+        lab = released / "labs" / name
+        assert (lab / "notes.md").is_file() and (lab / "lab.toml").is_file(), name
+        assert (lab / "lab.toml").read_bytes() == (REPO / "labs" / name / "lab.toml").read_bytes(), name
+    assert (released / "labkit" / "rubric_defaults.toml").is_file() and (released / "labkit" / "templates" / "notes.md").is_file()
+    assert (released / "labkit" / "check.py").is_file() and (released / "labkit" / "__main__.py").is_file()
+
+
+@pytest.mark.slow
+def test_submit_in_the_release_writes_the_autograder_zip(released: Path, tmp_path: Path):
+    """`python -m labkit submit 03` run the way `make submit` runs it, in a copy of the release."""
+    student = tmp_path / "student"
+    shutil.copytree(released, student, ignore=shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache"))
+    run = student / "runs" / "20250101-000000-timing"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"config": {}, "seeds": [0], "entrypoint": "labs/lesson_03/lab_experiment.py:main"}))
+    proc = subprocess.run([sys.executable, "-m", "labkit", "submit", "3"], cwd=student, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "submissions/lesson_03.zip" in proc.stdout and "Gradescope assignment 'Lesson 03'" in proc.stdout, proc.stdout
+    with zipfile.ZipFile(student / "submissions" / "lesson_03.zip") as zf:
+        names = set(zf.namelist())
+        manifest = json.loads(zf.read("MANIFEST.json"))
+    assert {"exercises/lesson_03/attention.py", "labs/lesson_03/notes.md", "runs/20250101-000000-timing/config.json"} <= names
+    assert not any(Path(n).name.startswith("test_") for n in names) and set(manifest["files"]) == names - {"MANIFEST.json"}
 
 
 def test_refuses_a_non_empty_folder_unless_forced(tmp_path: Path, released: Path):

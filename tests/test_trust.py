@@ -448,6 +448,42 @@ def test_a_timeout_is_typed_and_says_too_slow(lesson_dir: Path):
     assert died.value.kind == "timeout" and died.value.seconds == 2 and w.deaths == {"timeout": 1}
 
 
+# ---------------------------------------------------------------------------- lab files (Worker.sources)
+def test_sources_copy_a_lab_file_from_another_folder_beside_the_modules(tmp_path: Path):
+    """labs/lesson_NN/lab_experiment.py reaches the worker as lab_experiment.py and imports the graded module."""
+    graded = tmp_path / "exercises" / "lesson_99"
+    lab = tmp_path / "labs" / "lesson_99"
+    graded.mkdir(parents=True)
+    lab.mkdir(parents=True)
+    (graded / "mod.py").write_text("def answer():\n    return 41\n")
+    (lab / "lab_experiment.py").write_text("import mod\n\ndef main():\n    return mod.answer() + 1\n")
+    with Worker(graded, ("mod",), timeout=60, sources={"lab_experiment": lab / "lab_experiment.py"}) as w:
+        assert w.call("lab_experiment", "main") == 42
+        assert w.broken is None
+
+
+def test_sources_refuse_links_and_missing_files(tmp_path: Path):
+    graded = tmp_path / "lesson_99"
+    graded.mkdir()
+    (graded / "mod.py").write_text("X = 1\n")
+    (tmp_path / "lab.py").symlink_to(REFERENCE)  # a link could point into the instructor's tree
+    for source, why in ((tmp_path / "lab.py", "no regular file"), (tmp_path / "absent.py", "no regular file")):
+        with Worker(graded, ("mod",), timeout=60, sources={"lab_experiment": source}) as w:
+            with pytest.raises(WorkerDied, match=why) as died:
+                w.call("lab_experiment", "main")
+        assert died.value.kind == "broken" and source.name in str(died.value)
+
+
+def test_a_provided_stem_in_sources_keeps_the_reference(tmp_path: Path):
+    graded = tmp_path / "lesson_99"
+    graded.mkdir()
+    (tmp_path / "theirs.py").write_text("WHO = 'student'\ndef who():\n    return WHO\n")
+    (tmp_path / "ours.py").write_text("WHO = 'reference'\ndef who():\n    return WHO\n")
+    with Worker(graded, ("blocks",), timeout=60, provided={"blocks": tmp_path / "ours.py"},
+                sources={"blocks": tmp_path / "theirs.py"}) as w:
+        assert w.call("blocks", "who") == "reference"
+
+
 # ---------------------------------------------------------------------------- notebook kernels
 def test_notebook_kernel_is_sandboxed_and_dies_with_the_grading(tmp_path: Path):
     """A kernel that escapes (setsid, double fork) and plants a start-up file is gone after autograde, with its folder."""

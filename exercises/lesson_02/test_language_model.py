@@ -1,7 +1,8 @@
-"""Visible tests for lesson 02. Run: pytest exercises/lesson_02
+"""Visible tests for lesson 02. Run: .venv/bin/pytest exercises/lesson_02 (or make check LESSON=02)
 
-They check shapes, cases small enough to do by hand, parity with torch on one easy input and a
-rough check of the sampler. The hidden graders check much more (see the lesson, section 6).
+They check shapes, cases small enough to do by hand, parity with torch on one easy input, padding,
+large logits, gradients against torch's autograd, a rough check of the sampler and (with CUDA) the
+GPU. The hidden graders check much more (see the lesson, section 6).
 """
 
 import math
@@ -37,6 +38,8 @@ def test_cross_entropy_ignores_padding():
     want = F.cross_entropy(logits, targets)  # mean over the first two rows only
     got = cross_entropy(logits, targets)
     torch.testing.assert_close(got, want, msg="the -100 target must count neither in the sum nor in the mean")
+    nothing = cross_entropy(logits, torch.full((3,), -100))
+    assert torch.isnan(nothing), f"with no target counted the mean is 0/0 = NaN, as in F.cross_entropy; got {nothing.item()}"
 
 
 def test_cross_entropy_large_logits_finite():
@@ -90,3 +93,37 @@ def test_sample_frequencies_roughly_right():
         want = torch.softmax(logits.double() / temperature, dim=0)
         # 6 standard deviations of a frequency from 20000 draws is at most 6 * 0.5 / sqrt(20000) < 0.022.
         assert (freq - want).abs().max() < 0.022, f"T={temperature}: frequencies {freq.tolist()}, expected {want.tolist()}"
+
+
+def test_loss_gradients_match_torch_autograd():
+    g = torch.Generator().manual_seed(4)
+    logits, targets = torch.randn(6, 5, generator=g, dtype=torch.float64), torch.tensor([0, 4, -100, 2, 2, -100])
+    ours, ref = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    cross_entropy(ours, targets).backward()
+    F.cross_entropy(ref, targets).backward()
+    torch.testing.assert_close(ours.grad, ref.grad, msg="d loss / d logits differs from autograd through F.cross_entropy")
+    assert (ours.grad[targets == -100] == 0).all(), "an ignored position must get a zero gradient"
+    model = BigramLM(5)
+    idx = torch.tensor([[0, 1, 1, 3]])
+    model(idx, torch.tensor([[1, 1, 3, 4]]))[1].backward()
+    grad = model.table.weight.grad
+    assert grad is not None, "BigramLM: no gradient reached table.weight"
+    assert (grad[[2, 4]] == 0).all() and (grad[[0, 1, 3]] != 0).any(dim=1).all(), "only the rows of tokens 0, 1, 3 are read"
+    emb = Embeddings(vocab_size=5, block_size=6, n_embd=3)
+    emb(idx).sum().backward()
+    assert emb.wpe.weight.grad is not None and emb.wte.weight.grad is not None, "no gradient reached wte or wpe"
+    assert (emb.wpe.weight.grad[4:] == 0).all() and (emb.wpe.weight.grad[:4] == 1).all(), "T = 4: wpe rows 0-3 only"
+
+
+@pytest.mark.gpu
+def test_cuda_loss_and_sampler():
+    g = torch.Generator().manual_seed(5)
+    logits, targets = torch.randn(4, 6, 9, generator=g), torch.randint(0, 9, (4, 6), generator=g)
+    targets[0, 3:] = -100
+    want = F.cross_entropy(logits.reshape(-1, 9), targets.reshape(-1))
+    got = cross_entropy(logits.cuda(), targets.cuda())
+    assert got.is_cuda, "cross_entropy of CUDA tensors must stay on the GPU"
+    torch.testing.assert_close(got.cpu(), want, atol=1e-5, rtol=1e-5)
+    s = sample(logits[:, 0].cuda(), 1.5, 50, seed=11)
+    assert s.is_cuda and s.shape == (4, 50), f"sample on CUDA logits gave {tuple(s.shape)} on {s.device}"
+    assert torch.equal(s, sample(logits[:, 0].cuda(), 1.5, 50, seed=11)), "the same seed must give the same samples on CUDA"

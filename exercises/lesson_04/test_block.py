@@ -1,8 +1,8 @@
-"""Visible tests for lesson 04. Run: pytest exercises/lesson_04
+"""Visible tests for lesson 04. Run: .venv/bin/pytest exercises/lesson_04 (or make check LESSON=04)
 
-They check shapes, the head split on a hand-made example, LayerNorm and attention against
-torch's modules at one size, causality, the residual path and that gradients reach every
-parameter. The hidden graders check much more (see the lesson, section 3).
+They check shapes, the head split on a hand-made example, LayerNorm, attention and the MLP
+against torch's modules at one size, causality, the residual path, the Pre-LN order, that
+gradients reach every parameter and (with CUDA) the block on the GPU. The hidden graders check much more (see the lesson, section 3).
 """
 
 import pytest
@@ -96,3 +96,37 @@ def test_every_parameter_gets_a_gradient():
     block(torch.randn(2, 5, 16)).pow(2).sum().backward()
     missing = [n for n, p in block.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, f"no (or zero) gradient for {missing}"
+
+
+def test_mlp_matches_linear_tanh_gelu_linear():
+    torch.manual_seed(4)
+    mlp = MLP(BlockConfig(n_embd=8, n_head=2))
+    ref = nn.Sequential(nn.Linear(8, 32), nn.GELU(approximate="tanh"), nn.Linear(32, 8))
+    mlp.load_state_dict({"c_fc.weight": ref[0].weight, "c_fc.bias": ref[0].bias,
+                         "c_proj.weight": ref[2].weight, "c_proj.bias": ref[2].bias})  # fmt: skip
+    x = torch.randn(3, 4, 8) * 3  # pre-activations of a few units, where the two GELUs differ most
+    torch.testing.assert_close(mlp(x), ref(x), msg="MLP differs from Linear -> GELU (tanh approximation) -> Linear")
+
+
+def test_block_normalises_sublayer_inputs_not_the_stream():
+    torch.manual_seed(5)
+    block = Block(BlockConfig(n_embd=16, n_head=2))
+    with torch.no_grad():
+        for ln in (block.ln_1, block.ln_2):  # LayerNorms that are not the identity, so their place matters
+            ln.weight.uniform_(0.5, 1.5)
+            ln.bias.normal_()
+    x = torch.randn(2, 6, 16) * 4 + 1
+    h = x + block.attn(block.ln_1(x))
+    want = h + block.mlp(block.ln_2(h))
+    torch.testing.assert_close(block(x), want, msg="Pre-LN: each sublayer reads a normalised copy; the stream is never normalised")
+
+
+@pytest.mark.gpu
+def test_block_runs_on_cuda():
+    torch.manual_seed(6)
+    block = Block(BlockConfig(n_embd=32, n_head=4))
+    x = torch.randn(2, 8, 32)
+    want = block(x)
+    got = block.cuda()(x.cuda())
+    assert got.is_cuda, f"Block output is on {got.device}, expected cuda: make every tensor on the input's device"
+    torch.testing.assert_close(got.cpu(), want, atol=5e-3, rtol=5e-3, msg="Block on CUDA differs from the same Block on the CPU")

@@ -1,8 +1,8 @@
-"""Visible tests for lesson 05. Run: pytest exercises/lesson_05
+"""Visible tests for lesson 05. Run: .venv/bin/pytest exercises/lesson_05 (or make check LESSON=05)
 
 They check shapes, the loss at initialisation, positions and causality, one parity check
-against Hugging Face's GPT-2, generation, batches and the micro overfit (a few seconds of
-training). The hidden graders check much more (see the lesson, section 7).
+against Hugging Face's GPT-2, the tied head and gradients, generation, sampling, batches and the
+micro overfit (a few seconds of training). The hidden graders check much more (see the lesson, section 7).
 """
 
 import math
@@ -102,6 +102,17 @@ def test_logits_match_hf_gpt2():
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4, msg="logits differ from HF GPT-2 with the same weights")
 
 
+def test_head_is_tied_and_every_parameter_learns():
+    model = small_model(n_layer=1)
+    assert model.lm_head.weight is model.transformer.wte.weight, "tie lm_head.weight to transformer.wte.weight (one tensor)"
+    names = [n for n, _ in model.named_parameters()]
+    assert "lm_head.weight" not in names, "a tied head is not a parameter of its own"
+    idx, targets = torch.randint(23, (2, 9)), torch.randint(23, (2, 9))
+    model(idx, targets)[1].backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().max() == 0]
+    assert not dead, f"no, zero or non-finite gradient for {dead}: is every parameter used in forward?"
+
+
 # ---------------------------------------------------------------------------- generate
 def test_greedy_generate_is_an_argmax_loop():
     model = small_model()
@@ -128,6 +139,19 @@ def test_sampling_with_a_seed_is_reproducible():
     a = model.generate(prompt, 10, do_sample=True, temperature=1.5, seed=3)
     b = model.generate(prompt, 10, do_sample=True, temperature=1.5, seed=3)
     assert torch.equal(a, b), "the same seed must give the same samples"
+
+
+def test_sampled_tokens_follow_softmax_at_a_temperature():
+    model = small_model(vocab_size=7)
+    prompt = torch.randint(7, (1, 3))
+    with torch.no_grad():
+        logits, _ = model(prompt)
+    for temperature in (0.7, 3.0):
+        out = model.generate(prompt.expand(3000, 3), 1, do_sample=True, temperature=temperature, seed=5)
+        freq = torch.bincount(out[:, -1], minlength=7).double() / 3000
+        want = torch.softmax(logits[0, -1].double() / temperature, dim=-1)
+        # 6 standard deviations of a frequency from 3000 draws is at most 6 * 0.5 / sqrt(3000) < 0.055.
+        assert (freq - want).abs().max() < 0.055, f"T={temperature}: next-token frequencies {freq.tolist()}, expected {want.tolist()}"
 
 
 # ---------------------------------------------------------------------------- batches and training

@@ -1,7 +1,7 @@
-"""Visible tests for lesson 06. Run: pytest exercises/lesson_06
+"""Visible tests for lesson 06. Run: .venv/bin/pytest exercises/lesson_06 (or make check LESSON=06)
 
-Hand-computed cases, shapes, the position lookup and the two properties (norms,
-relative position). The hidden graders also compare with transformers' Llama rotary
+Hand-computed cases, shapes, the position lookup, the cache's dtype, gradients through the
+rotation, the two properties (norms, relative position) and (with CUDA) the GPU. The hidden graders also compare with transformers' Llama rotary
 code (see the lesson).
 """
 
@@ -95,3 +95,40 @@ def test_scores_depend_on_offset_only():
 
     assert score(3, 10) == pytest.approx(score(20, 27), abs=1e-4), "<R(m) q, R(n) k> must depend on n - m only"
     assert score(3, 10) != pytest.approx(score(3, 11), abs=1e-4), "different offsets should give different scores"
+
+
+def test_double_casts_the_tables():
+    rope = RotaryEmbedding(head_dim=6, max_seq_len=10).double()
+    cos, sin = rope(torch.tensor([[2, 9]]))
+    assert cos.dtype == sin.dtype == torch.float64, f"after .double() cos is {cos.dtype}: store the tables as buffers"
+    torch.testing.assert_close(cos[0, 1, 0], torch.tensor(math.cos(9.0), dtype=torch.float64), msg="cos of 9 radians")
+
+
+def test_gradients_undo_the_rotation():
+    rope = RotaryEmbedding(head_dim=8, max_seq_len=32)
+    cos, sin = (t.double() for t in rope(torch.tensor([4, 9, 27])))
+    q = torch.randn(1, 2, 3, 8, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 1, 3, 8, dtype=torch.float64, requires_grad=True)
+    cot = torch.randn(1, 2, 3, 8, dtype=torch.float64)
+    q_rot, _ = apply_rotary(q, k, cos, sin)
+    (q_rot * cot).sum().backward()
+    # The gradient of a rotation is the inverse rotation: rotating the gradient again gives the cotangent back.
+    again, _ = apply_rotary(q.grad, k.detach(), cos, sin)
+    torch.testing.assert_close(again, cot, msg="d q_rot / d q must be the transposed (inverse) rotation")
+    assert k.grad is None or (k.grad == 0).all(), "q_rot must not depend on k"
+    leaves = [x.clone().requires_grad_(True) for x in (q.detach(), k.detach(), cos, sin)]
+    assert torch.autograd.gradcheck(lambda *xs: apply_rotary(*xs), leaves), "gradients through cos and sin are wrong"
+
+
+@pytest.mark.gpu
+def test_cuda_tables_and_bfloat16_rotation():
+    rope = RotaryEmbedding(head_dim=16, max_seq_len=128)
+    cos_cpu, sin_cpu = rope(torch.tensor([3, 100]))
+    cos, sin = rope.cuda()(torch.tensor([3, 100], device="cuda"))
+    assert cos.is_cuda and sin.is_cuda, "after .cuda() the tables must be on the GPU (register them as buffers)"
+    torch.testing.assert_close(cos.cpu(), cos_cpu)
+    q = torch.randn(1, 2, 2, 16).bfloat16()
+    q_rot, _ = apply_rotary(q.cuda(), q.cuda(), cos.bfloat16(), sin.bfloat16())
+    assert q_rot.is_cuda and q_rot.dtype == torch.bfloat16, f"q_rot on {q_rot.device} as {q_rot.dtype}, expected cuda bfloat16"
+    want, _ = apply_rotary(q.float(), q.float(), cos_cpu, sin_cpu)
+    torch.testing.assert_close(q_rot.float().cpu(), want, atol=5e-2, rtol=2e-2)

@@ -13,14 +13,18 @@ Grading (hidden tests against one submission):
     plugin.py                    pytest plugin: markers, the `worker` and `lesson` fixtures, verdict events
     run.py, server.py, results.py      one grading process per submission (forked from a warm server), results.json
     timing.py                    the one timer of every speed test (worker CPU time vs the reference's, frozen worker)
-    safepath.py, provenance.py   reading a submission without following links; what a results.json was graded from
+    safepath.py, provenance.py   reading without following links (a shim over labkit/safepath.py); what a results.json
+                                 was graded from
 
 Assessment (what the grades add up to):
-    rubric.py, labs.py           the five-criteria rubric, notebook autograding, reruns of logged runs
-    batch.py, gradescope.py      a class at once (grades.csv), the Gradescope autograder
+    rubric.py, labs.py           the five-criteria rubric (its shared rules: labkit/rubric.py, which students'
+                                 `make check` runs too), notebook autograding, sandboxed reruns of logged runs
+    batch.py, classbook.py,      a class at once (grades.csv), one class nbgrader course for the formgrader,
+    gradescope.py                the Gradescope autograder
 
 Authoring (a lesson is a kit):
-    lessons.py, rubric_defaults.toml   graders/lesson_NN/lesson.toml read and checked; rubric defaults
+    lessons.py                   graders/lesson_NN/lesson.toml (private) and labs/lesson_NN/lab.toml (public) read
+                                 and checked; rubric defaults in labkit/rubric_defaults.toml
     sync.py, release.py          exercises/ stubs from solutions_private/; the student repository
     cli.py                       `llm-grade`: imports each command's modules only when it runs
 """

@@ -5,12 +5,20 @@ sandboxed worker), with the submissions and output folders hidden from the worke
 student can read another's work. Per-student results.json files are the durable state:
 a re-run skips students that have one (unless ``force``) and rebuilds every CSV row from
 them, so an interrupted batch resumes where it stopped and no row is ever lost.
+
+With ``rubric``, each graded student's five-criteria rubric is scored after the hidden tests
+(OUT/<student>/rubric.json, reused while the submission, graders and rules are unchanged),
+grades.csv gains a column per criterion, ``manual_pending`` and ``total``, and the students'
+autograded notebooks are merged into one class course, OUT/nbgrader, for the formgrader
+(:mod:`graders.engine.classbook`). OUT/grades.json keeps the rows for ``llm-grade gradebook``.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import os
 import threading
 from collections.abc import Callable
@@ -25,6 +33,10 @@ from graders.engine.run import CALL_TIMEOUT, grade
 from graders.engine.server import GradingServer
 
 GRADES_COLUMNS = ("student", "score", "max_score", "status", "reason")
+CRITERIA = ("conceptual_clarity", "implementation", "measurement_quality", "reproducibility", "reflection")
+RUBRIC_COLUMNS = (*CRITERIA, "manual_pending", "total", "total_max")
+RESERVED = ("nbgrader", "grades.csv", "grades.json", "pass_rates.csv")  # batch's own entries in OUT
+RUBRIC_FROM = "rubric-from.json"  # beside rubric.json: what it was scored from (a resumed batch reuses it)
 PASS_RATE_COLUMNS = ("test", "max_score", "students_passed", "students_graded", "pass_rate", "grading_problems")
 
 
@@ -38,22 +50,50 @@ class Row:
     reason: str = ""
     results: dict | None = None
     skipped: bool = False  # already graded by an earlier run
+    rubric: dict | None = None  # rubric.json, with batch --rubric
+    rubric_reason: str = ""  # why the rubric was not scored
+    manual_reason: str = ""  # why `llm-grade gradebook` could not read the manual grades (not recorded: retried)
+    recorded: dict | None = None  # the row as OUT/grades.json recorded it (`llm-grade gradebook` rebuilds from it)
 
     @property
     def problems(self) -> list[str]:
         """Grading problems (the grader's, not the student's): the score is not final."""
+        if self.recorded is not None:
+            return list(self.recorded.get("problems", []))
         return results.problems(self.results) if self.results is not None else []
 
     @property
     def status(self) -> str:
+        if self.recorded is not None:
+            return str(self.recorded.get("status", ""))
         if self.results is None:
             return "not graded"
         return "grading problem" if self.problems else "graded"
 
-    def csv(self) -> list[str]:
+    def csv(self, with_rubric: bool = False) -> list[str]:
         num = "" if self.score is None else f"{self.score:g}"
         top = "" if self.max_score is None else f"{self.max_score:g}"
-        return [spreadsheet_safe(c) for c in (self.student, num, top, self.status, self.reason)]
+        reason = "; ".join(r for r in (self.reason, self.rubric_reason, self.manual_reason) if r)[:400]
+        cells = [self.student, num, top, self.status, reason]
+        if with_rubric:
+            cells += rubric_cells(self.rubric)
+        return [spreadsheet_safe(c) for c in cells]
+
+    def record(self) -> dict:
+        """The row for OUT/grades.json (names unescaped: grades.csv's cells are not reversible)."""
+        return {"student": self.student, "score": self.score, "max_score": self.max_score, "status": self.status,
+                "problems": self.problems, "reason": self.reason, "rubric": self.rubric is not None,
+                "rubric_reason": self.rubric_reason}
+
+
+def rubric_cells(report: dict | None) -> list[str]:
+    """Criterion scores ('' while pending), manual_pending (yes/no), total and its maximum, from rubric.json."""
+    if report is None:
+        return [""] * len(RUBRIC_COLUMNS)
+    crits = report.get("criteria", {})
+    scores = [crits.get(name, {}).get("score") for name in CRITERIA]
+    pending = "yes" if report.get("pending_manual") else "no"
+    return [*("" if s is None else f"{s:g}" for s in scores), pending, f"{report['score']:g}", f"{report['max_score']:g}"]
 
 
 def spreadsheet_safe(cell: str) -> str:
@@ -67,6 +107,8 @@ def _usable_name(name: str) -> str | None:
         return "the folder name contains a path separator"
     if any(ord(c) < 32 for c in name):
         return "the folder name contains a control character"
+    if name in RESERVED:
+        return f"the folder name {name!r} is reserved for the batch's own output: rename the student folder"
     return None
 
 
@@ -129,12 +171,62 @@ def grade_one(lesson: lessons.Lesson, folder: Path, out: Path, hide: tuple[Path,
     return _row_from_results(folder.name, res)
 
 
-def grades_csv(rows: list[Row]) -> str:
+def _submission_digest(folder: Path) -> str:
+    """sha256 over every regular file of a student folder (runs, notes and notebooks count for the rubric)."""
+    h = hashlib.sha256()
+    for top, dirs, names in os.walk(folder):  # links are not followed (grading refuses them anyway)
+        dirs[:] = sorted(d for d in dirs if d not in ("__pycache__", ".ipynb_checkpoints", ".git"))
+        for n in sorted(names):
+            p = Path(top, n)
+            if p.is_file() and not p.is_symlink():
+                h.update(p.relative_to(folder).as_posix().encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
+    return "sha256:" + h.hexdigest()
+
+
+def _rubric_provenance(lesson: lessons.Lesson, folder: Path) -> dict:
+    engine, graders = provenance.grader_hashes(lesson)
+    rules = json.dumps(getattr(lesson, "rubric", None), sort_keys=True, default=str)
+    return {"lesson": lesson.number, "submission": _submission_digest(folder), "engine": engine, "graders": graders,
+            "rules": "sha256:" + hashlib.sha256(rules.encode()).hexdigest()}
+
+
+def _earlier_rubric(out_dir: Path, wanted: dict) -> dict | None:
+    """rubric.json when it was scored from exactly this submission, engine, graders and rules, without a grading problem."""
+    try:
+        if json.loads((out_dir / RUBRIC_FROM).read_text()) != wanted:
+            return None
+        report = json.loads((out_dir / "rubric.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) and not report.get("grading_problems") else None
+
+
+def score_rubric(lesson: lessons.Lesson, folder: Path, out_dir: Path, hide: tuple[Path, ...], force: bool = False) -> dict:
+    """The student's rubric: an earlier OUT/<student>/rubric.json if nothing changed (its manual grades kept), else scored."""
+    from graders.engine import rubric
+
+    wanted = _rubric_provenance(lesson, folder)
+    report = None if force else _earlier_rubric(out_dir, wanted)
+    if report is None:
+        (out_dir / RUBRIC_FROM).unlink(missing_ok=True)
+        report = rubric.score(lesson, folder, out_dir, hide=hide)
+        results.write_atomic(out_dir / RUBRIC_FROM, json.dumps(wanted, indent=2) + "\n")
+    return report
+
+
+def grades_csv(rows: list[Row], with_rubric: bool = False) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(GRADES_COLUMNS)
-    writer.writerows(r.csv() for r in rows)  # cells escaped: a student names their own folder
+    writer.writerow(GRADES_COLUMNS + (RUBRIC_COLUMNS if with_rubric else ()))
+    writer.writerows(r.csv(with_rubric) for r in rows)  # cells escaped: a student names their own folder
     return buf.getvalue()
+
+
+def write_grades(out: Path, lesson: str, rows: list[Row], with_rubric: bool) -> None:
+    """grades.csv, and grades.json (the rows, for `llm-grade gradebook`)."""
+    results.write_atomic(out / "grades.csv", grades_csv(rows, with_rubric))
+    record = {"lesson": lesson, "rubric": with_rubric, "rows": [r.record() for r in rows]}
+    results.write_atomic(out / "grades.json", json.dumps(record, indent=2) + "\n")
 
 
 def pass_rates_csv(rows: list[Row]) -> str:
@@ -174,14 +266,18 @@ def run_batch(
     force: bool = False,
     call_timeout: float = CALL_TIMEOUT,
     progress: bool = True,
+    rubric: bool = False,
     grade_student: Callable[..., Row] = grade_one,
+    rubric_student: Callable[..., dict] = score_rubric,
 ) -> list[Row]:
-    """Grade every student folder of ``submissions`` into ``out``; write the CSVs; return the rows."""
+    """Grade every student folder of ``submissions`` into ``out`` (and score their rubric); write the CSVs; return the rows."""
     submissions, out = submissions.resolve(), out.resolve()
     if out.is_relative_to(submissions) or submissions.is_relative_to(out):
         raise lessons.GradingSetupError("the output folder and the submissions folder must not contain each other")
     if jobs < 1:
         raise lessons.GradingSetupError(f"--jobs must be at least 1, got {jobs}")
+    if rubric and call_timeout != CALL_TIMEOUT:  # the rubric reuses results.json only when graded as it grades
+        raise lessons.GradingSetupError(f"--rubric grades with the default call timeout ({CALL_TIMEOUT:g} s): drop --call-timeout")
     folders = students(submissions)
     if out.exists() and not out.is_dir():
         raise lessons.GradingSetupError(f"output path {out} exists and is not a folder")
@@ -192,8 +288,9 @@ def run_batch(
         previous = None if force else _existing(lesson, folder, out / folder.name / "results.json", call_timeout)
         if previous is not None and _usable_name(folder.name) is None:
             rows[folder.name] = _row_from_results(folder.name, previous, skipped=True)
-        else:
-            todo.append(folder)
+            if not rubric:
+                continue  # with --rubric it still goes through a slot: its rubric may need scoring
+        todo.append(folder)
     hide = (submissions, out)
     # Split the cores: N gradings with all-core torch pools each oversubscribe and thrash.
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -204,7 +301,17 @@ def run_batch(
         if not hasattr(slot, "server"):
             slot.server = GradingServer()
             servers.append(slot.server)
-        return grade_student(lesson, folder, out, hide, call_timeout=call_timeout, threads=threads, server=slot.server)
+        row = rows.get(folder.name)
+        if row is None:
+            row = grade_student(lesson, folder, out, hide, call_timeout=call_timeout, threads=threads, server=slot.server)
+        if rubric and row.results is not None:
+            try:  # after the hidden tests, which it reuses (results.json's provenance)
+                row.rubric = rubric_student(lesson, folder, out / folder.name, hide, force=force)
+            except lessons.GradingSetupError as exc:
+                row.rubric_reason = f"rubric not scored: {exc}"[:300]
+            except Exception as exc:  # an engine bug costs this student's rubric, never the batch
+                row.rubric_reason = f"rubric not scored: grader error: {type(exc).__name__}: {exc}"[:300]
+        return row
 
     try:
         with (
@@ -224,6 +331,58 @@ def run_batch(
         for server in servers:
             server.close()
     ordered = [rows[f.name] for f in folders]
-    results.write_atomic(out / "grades.csv", grades_csv(ordered))
+    write_grades(out, lesson.number, ordered, rubric)
     results.write_atomic(out / "pass_rates.csv", pass_rates_csv(ordered))
     return ordered
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def apply_gradebook(lesson: str, out: Path) -> tuple[list[Row], dict[str, str]]:
+    """Manual grades from the class course OUT/nbgrader into each student's rubric.json and grades.csv.
+
+    Idempotent: every cell is recomputed from the class gradebook and the rubric. Returns the rows and,
+    per student still pending, why.
+    """
+    from graders.engine import classbook, rubric
+
+    out = out.resolve()
+    course = out / classbook.CLASS_DIR
+    again = f"run `llm-grade batch --lesson {lesson} --submissions DIR --out {out} --rubric` first"
+    if not (course / "gradebook.db").is_file():
+        raise classbook.ClassbookError(f"no class course at {course}: {again}")
+    record = _read_json(out / "grades.json")
+    if record is None or not record.get("rubric") or not isinstance(record.get("rows"), list):
+        raise classbook.ClassbookError(f"{out / 'grades.json'} is missing or was not written by batch --rubric: {again}")
+    if record.get("lesson") != lesson:
+        raise classbook.ClassbookError(f"{out} holds lesson {record.get('lesson')}, not lesson {lesson}: pass --lesson {record.get('lesson')}")
+    merged = classbook.read_record(course).get("students") or {}
+    rows, pending = [], {}
+    for entry in record["rows"]:
+        name = str(entry["student"])
+        row = Row(name, entry.get("score"), entry.get("max_score"), entry.get("reason", ""),
+                  rubric_reason=entry.get("rubric_reason", ""), recorded=entry)  # fmt: skip
+        report = _read_json(out / name / "rubric.json") if entry.get("rubric") else None  # scored by that batch
+        if report is not None:
+            try:
+                manual = classbook.manual_grades(course, lesson, name) if name in merged else None
+                classbook.apply_manual(report, manual, "not merged into the class course (see batch's output)")
+                if manual is not None:
+                    classbook.write_back(out / name / classbook.CLASS_DIR, lesson, manual)
+                results.write_atomic(out / name / "rubric.json", json.dumps(report, indent=2) + "\n")
+                results.write_atomic(out / name / "rubric.md", rubric.render(report))
+                row.rubric = report
+            except Exception as exc:  # one student's unreadable grades never cost another's row
+                row.rubric = _read_json(out / name / "rubric.json")  # as it was: the row keeps its automatic scores
+                row.manual_reason = f"manual grades not read: {type(exc).__name__}: {exc}"[:300]
+            if row.rubric is not None and "conceptual_clarity" in row.rubric["pending_manual"]:
+                pending[name] = row.rubric["criteria"]["conceptual_clarity"]["found"][0]
+        rows.append(row)
+    write_grades(out, lesson, rows, True)
+    return rows, pending

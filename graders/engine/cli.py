@@ -77,10 +77,13 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 def _cmd_batch(args: argparse.Namespace) -> int:
     from graders.engine import batch
 
+    if args.allow_unsandboxed:  # else the environment decides, as before (LLMG_ALLOW_UNSANDBOXED)
+        _allow_unsandboxed(args)
     t0 = time.perf_counter()
     out = Path(args.out)
+    lesson = lessons.load(args.lesson)
     rows = batch.run_batch(
-        lessons.load(args.lesson), Path(args.submissions), out, jobs=args.jobs, force=args.force, call_timeout=args.call_timeout
+        lesson, Path(args.submissions), out, jobs=args.jobs, force=args.force, call_timeout=args.call_timeout, rubric=args.rubric
     )
     graded = [r for r in rows if r.status == "graded"]
     reused = sum(r.skipped for r in rows)
@@ -88,11 +91,44 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     for r in rows:
         if r.status != "graded":
             print(f"  {r.status}: {r.student}: {r.reason}")
+        if r.rubric_reason:
+            print(f"  {r.student}: {r.rubric_reason}")
     print(f"grades: {out / 'grades.csv'}\npass rates: {out / 'pass_rates.csv'}\nwall time: {time.perf_counter() - t0:.1f} s")
+    if args.rubric:
+        _merge_class(lesson.number, out, [r.student for r in rows if r.rubric is not None])
     troubled = [r.student for r in rows if r.problems]
     if troubled:  # the grader failed for these students: their scores are not final
         print(f"llm-grade: {len(troubled)} student(s) with grading problems: {', '.join(troubled[:10])}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _merge_class(lesson: str, out: Path, names: list[str]) -> None:
+    from graders.engine import classbook
+
+    t0 = time.perf_counter()
+    merge = classbook.merge(lesson, out.resolve(), names)
+    fresh = " (made afresh: the notebooks changed; grades given in the earlier class course are gone)" if merge.replaced else ""
+    print(f"class course: {merge.course}{fresh}: {len(merge.merged)} merged, {len(merge.kept)} unchanged, "
+          f"{len(merge.skipped)} not in it ({time.perf_counter() - t0:.1f} s)")
+    for name, why in merge.skipped.items():
+        print(f"  not in the class course: {name}: {why}")
+    print(f"grade the written answers once for the class in formgrader:\n  {classbook.formgrader_command(merge.course)}")
+    print(f"then merge the manual grades: llm-grade gradebook --lesson {lesson} --out {out}")
+
+
+def _cmd_gradebook(args: argparse.Namespace) -> int:
+    from graders.engine import batch
+
+    rows, pending = batch.apply_gradebook(lessons.normalise(args.lesson), Path(args.out))
+    scored = [r for r in rows if r.rubric is not None]
+    print(f"{len(rows)} student(s): {len(scored) - len(pending)} with final rubric scores, {len(pending)} manual pending")
+    for name, why in pending.items():
+        print(f"  manual pending: {name}: {why}")
+    for r in rows:
+        if r.rubric is None:
+            print(f"  no rubric: {r.student}: {r.rubric_reason or r.reason or 'not scored'}")
+    print(f"grades: {Path(args.out) / 'grades.csv'}")
     return 0
 
 
@@ -154,7 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     bat.add_argument("--jobs", type=int, default=1, help="students graded in parallel (each has its own grader and worker)")
     bat.add_argument("--force", action="store_true", help="regrade students that already have results.json")
     bat.add_argument("--call-timeout", type=float, default=60.0, help="seconds allowed for one call into student code")
+    bat.add_argument("--rubric", action="store_true",
+                     help="also score each student's rubric and merge their notebooks into one class course OUT/nbgrader")
+    bat.add_argument("--allow-unsandboxed", action="store_true", help=UNSANDBOXED_HELP)
     bat.set_defaults(func=_cmd_batch)
+    gbk = sub.add_parser("gradebook", help="merge the manual grades of the class course (formgrader) into rubrics and grades.csv")
+    gbk.add_argument("--lesson", required=True, help="lesson number, e.g. 03")
+    gbk.add_argument("--out", required=True, help="the OUT of `llm-grade batch --rubric`")
+    gbk.set_defaults(func=_cmd_gradebook)
     gsc = sub.add_parser("gradescope", help="build the Gradescope autograder zip for one lesson")
     gsc.add_argument("--lesson", required=True, help="lesson number, e.g. 03")
     gsc.add_argument("--out", required=True, help="path of the zip to write, e.g. autograder.zip")

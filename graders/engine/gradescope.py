@@ -1,21 +1,32 @@
 """Build the Gradescope autograder zip for one lesson: setup.sh, run_autograder and source/.
 
+A student uploads the zip `make submit LESSON=NN` writes (labkit/submit.py); Gradescope unpacks it
+into /autograder/submission: exercises/lesson_NN/, labs/lesson_NN/, runs/ and MANIFEST.json.
+``run_autograder`` checks MANIFEST.json first (:func:`verify_manifest`): a file that is missing,
+changed or not listed gives a zero with that reason, before any grading. An upload without a
+manifest (bare files, a folder) is graded as before.
+
 Gradescope unpacks the zip into /autograder, runs ``setup.sh`` once (as root) while
 building the image, then ``run_autograder`` for every submission, which must leave
 /autograder/results/results.json. ``source/`` holds only what grading needs: the
 engine, this lesson's hidden tests (and any other lesson's graders or references they
-import), the lesson's reference solution, labkit/, pyproject.toml and constraints.txt. The zip
+import), the lesson's reference solution, its labs/lesson_NN/lab.toml, labkit/, pyproject.toml
+and constraints.txt. The zip
 is deterministic (fixed timestamps, sorted entries) so two builds can be compared.
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
+import sys
 import zipfile
 from pathlib import Path
 
 from graders.engine import lessons
 from graders.engine.lessons import REPO_ROOT  # not sandbox's: that imports torch
+from labkit import safepath
 
 SKIP_PARTS = {"__pycache__", ".pytest_cache", ".ipynb_checkpoints", ".venv", "tests", "exercises"}
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
@@ -25,7 +36,7 @@ SETUP_SH = """#!/usr/bin/env bash
 # It installs Python 3.11 when the image lacks it (Ubuntu 22.04 has it in its archive; other
 # releases get it from the deadsnakes PPA), builds a venv from the *system* python3.11 so the
 # sandbox can run the interpreter as uid 65534, and installs torch (pinned) and the grader.
-# TORCH_INDEX_URL (optional): e.g. https://download.pytorch.org/whl/cpu for the CPU-only wheel.
+# TORCH_INDEX_URL (optional): the CPU wheel index from PyTorch's install page, for the CPU-only wheel.
 set -euo pipefail
 ROOT="${AUTOGRADER_ROOT:-/autograder}"
 VENV="${LLMG_VENV:-$ROOT/venv}"
@@ -57,6 +68,10 @@ BIN="${LLMG_BIN:-$ROOT/venv/bin}"
 LESSON=@LESSON@
 SUB="$ROOT/submission"
 mkdir -p "$ROOT/results"
+# The `make submit` zip carries MANIFEST.json: every file's sha256. A mismatch is a zero with the reason.
+if ! (cd "$ROOT/source" && "$BIN/python" -m graders.engine.gradescope verify "$SUB" "$ROOT/results"); then
+    exit 0
+fi
 # An upload of bare files (no exercises/ or lesson_NN/ folder) is graded as lesson_NN/ itself.
 # `-d` follows links, and this path is fixed: a link (exercises/ or lesson_NN/ pointing at
 # source/solutions_private/...) is never flattened here; `llm-grade run` refuses it with the reason.
@@ -94,8 +109,10 @@ Built by `llm-grade gradescope --lesson @LESSON@`. Upload this zip as a Gradesco
 - `setup.sh`: run once by Gradescope, as root. Installs Python 3.11 with apt-get if missing
   (Ubuntu 22.04 archive, else the deadsnakes PPA), makes `/autograder/venv` from the system
   `python3.11`, then `pip install torch==2.13.0` and `pip install -c constraints.txt -e source`.
-  Set `TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu` in it to use the smaller CPU wheel.
-- `run_autograder`: run for every submission. It grades `/autograder/submission` (a repository
+  Set `TORCH_INDEX_URL` in it to the CPU wheel index from PyTorch's install page for the smaller CPU wheel.
+- `run_autograder`: run for every submission. The zip a student's `make submit LESSON=@LESSON@` writes
+  (repository layout plus `MANIFEST.json`) is checked against its manifest first: a missing, changed
+  or unlisted file scores zero with that reason. It grades `/autograder/submission` (a repository
   root with `exercises/lesson_@LESSON@/`, a folder holding `lesson_@LESSON@/`, or the lesson's
   files uploaded bare) with `llm-grade run` and writes `/autograder/results/results.json`. If the
   grader cannot run at all, it writes a zero score with the reason. `AUTOGRADER_ROOT` and
@@ -145,7 +162,9 @@ def source_folders(lesson: lessons.Lesson, root: Path = REPO_ROOT) -> list[Path]
         if top == "graders" and (root / top / name).is_dir():
             wanted |= _imported_lessons(root / top / name)
     extra = [Path("labkit")] if (root / "labkit").is_dir() else []  # the engine's lab checks copy it
-    return [Path("graders", "engine"), *extra] + [Path(t, n) for t, n in sorted(done) if (root / t / n).is_dir()]
+    # The rubric reads each lab's public declaration from the instructor copy, never the submission's.
+    declared = [Path("labs", n, "lab.toml") for t, n in sorted(done) if t == "graders" and (root / "labs" / n / "lab.toml").is_file()]
+    return [Path("graders", "engine"), *extra] + [Path(t, n) for t, n in sorted(done) if (root / t / n).is_dir()] + declared
 
 
 def _files(root: Path, rel: Path) -> list[Path]:
@@ -193,3 +212,73 @@ def build(lesson: lessons.Lesson, out: Path, root: Path = REPO_ROOT) -> list[str
         names = zf.namelist()
     tmp.replace(out)
     return names
+
+
+# --------------------------------------------------------------------------- the student's zip
+MANIFEST = "MANIFEST.json"
+MAX_MANIFEST_BYTES = 4 << 20
+MAX_FILE_BYTES = 256 << 20
+RESUBMIT = "run `make submit LESSON=NN` again and upload the new submissions/lesson_NN.zip unchanged"
+
+
+def _listed_files(sub: Path, rel: str = "") -> list[str]:
+    """Every regular file under ``sub`` (relative, posix), links refused with the reason."""
+    found = []
+    for name, kind in safepath.entries(sub, rel or "."):
+        path = f"{rel}/{name}" if rel else name
+        if kind == "dir":
+            found += _listed_files(sub, path)
+        elif kind == "file":
+            found.append(path)
+        else:
+            raise safepath.UnsafePath(f"{path} is a {'symbolic link' if kind == 'link' else kind}, not a file")
+    return found
+
+
+def verify_manifest(sub: Path) -> str | None:
+    """None when ``sub`` has no MANIFEST.json or matches it exactly; else the one-line reason (and the fix)."""
+    try:
+        if safepath.kind(sub, MANIFEST) == "missing":
+            return None
+        data = json.loads(safepath.read_text(sub, MANIFEST, MAX_MANIFEST_BYTES))
+    except (safepath.UnsafePath, OSError, ValueError) as exc:
+        return f"{MANIFEST} unreadable ({exc}): {RESUBMIT}"[:500]
+    listed = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(listed, dict) or not all(isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in listed.values()):
+        return f"{MANIFEST} has no {{path: {{sha256, bytes}}}} table under 'files': {RESUBMIT}"
+    try:
+        present = set(_listed_files(sub)) - {MANIFEST}
+    except (safepath.UnsafePath, OSError) as exc:
+        return f"the submission holds {exc}: {RESUBMIT}"[:500]
+    problems = [f"{p} is missing" for p in sorted(set(listed) - present)]
+    problems += [f"{p} is not in {MANIFEST}" for p in sorted(present - set(listed))]
+    for path in sorted(set(listed) & present):
+        try:
+            digest = hashlib.sha256(safepath.read_bytes(sub, path, MAX_FILE_BYTES)).hexdigest()
+        except (safepath.UnsafePath, OSError) as exc:
+            problems.append(f"{path} unreadable ({exc})")
+            continue
+        if digest != listed[path]["sha256"]:
+            problems.append(f"{path} changed after `make submit` (sha256 differs)")
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    return f"the submission does not match its {MANIFEST}: {'; '.join(problems[:3])}{more}: {RESUBMIT}"
+
+
+def _verify_main(sub: Path, results_dir: Path) -> int:
+    """run_autograder's first step: on a mismatch write a zero results.json with the reason, exit 1."""
+    why = verify_manifest(sub)
+    if why is None:
+        return 0
+    results_dir.mkdir(parents=True, exist_ok=True)
+    result = {"score": 0.0, "output": why, "tests": [], "extra_data": {"manifest": "mismatch"}}
+    (results_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(why, file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[1] != "verify":
+        sys.exit("usage: python -m graders.engine.gradescope verify SUBMISSION RESULTS_DIR")
+    sys.exit(_verify_main(Path(sys.argv[2]), Path(sys.argv[3])))

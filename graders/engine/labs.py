@@ -5,7 +5,7 @@ HIDDEN TESTS`` regions) live in ``solutions_private/lesson_NN/``. The nbgrader c
 directory and its config are generated here, never kept by hand:
 
 - ``generate``: ``nbgrader generate_assignment`` in a throw-away course; its release
-  notebooks become ``exercises/lesson_NN/*.ipynb`` (``llm-grade sync`` writes them and
+  notebooks become ``labs/lesson_NN/*.ipynb`` (``llm-grade sync`` writes them and
   ``sync --check`` covers them).
 - ``autograde``: a fresh course per submission under ``OUT/nbgrader/`` with a real
   SQLite gradebook; ``nbgrader autograde`` runs as the grader inside an empty network
@@ -13,6 +13,10 @@ directory and its config are generated here, never kept by hand:
   kernel that runs student code is started through a sandboxing kernelspec
   (``kernel_launch.py``: the worker's launcher, allow-list file system, a uid and cgroup of
   its own). A fresh gradebook per run means a failed run can never leave a stale score. Manual cells stay ungraded for nbgrader's formgrader.
+
+A submission keeps its notebooks and lab files in ``labs/lesson_NN/`` (:func:`find_lab_dir`) and its
+graded modules in ``exercises/lesson_NN/``; the kernel gets them all flat in one folder, where
+``labkit.exercises`` finds no ``exercises/`` and the imports resolve beside the notebook.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 COURSE_ID = "llm-course"
+KERNEL_NAME = "llm-course"  # every notebook's kernelspec name; `make kernel` registers it, the autograder shadows it
 STUDENT = "student"
 AUTOGRADE_TIMEOUT = 600
 ENGINE_DIR = Path(__file__).resolve().parent
@@ -38,6 +43,29 @@ class LabError(Exception):
 
 def source_notebooks(root: Path, lesson: str) -> list[Path]:
     return sorted((root / "solutions_private" / f"lesson_{lesson}").glob("*.ipynb"))
+
+
+def find_lab_dir(submission: Path, lesson) -> Path:
+    """The submission's lab folder: SUBMISSION/labs/lesson_NN, else its lesson folder (a flat lesson_NN/).
+
+    ``lesson`` is a :class:`graders.engine.lessons.Lesson`. As in ``lessons.find_lesson_dir``, no
+    step below the (instructor-given, resolved) submission path may be a symbolic link: a linked
+    ``labs/`` could point at the reference solutions or a classmate's work.
+    """
+    from graders.engine import lessons, safepath
+
+    root = submission.resolve()
+    if root.is_dir() and root.name != lesson.dirname:
+        rel = Path("labs", lesson.dirname)
+        try:
+            found = safepath.kind(root, rel)
+        except safepath.UnsafePath as exc:
+            raise lessons.GradingSetupError(f"submission not graded: {exc}") from None
+        except PermissionError:
+            raise lessons.GradingSetupError(f"submission folder {root / rel} is not readable") from None
+        if found == "dir":
+            return root / rel
+    return lessons.find_lesson_dir(submission, lesson)
 
 
 def _env() -> dict[str, str]:
@@ -62,6 +90,7 @@ def make_course(course: Path, root: Path, lesson: str) -> list[Path]:
         f"c.CourseDirectory.course_id = {COURSE_ID!r}\n"
         f"c.ExecutePreprocessor.timeout = {AUTOGRADE_TIMEOUT}\n"
         "c.ClearSolutions.code_stub = {'python': '# YOUR CODE HERE\\nraise NotImplementedError()'}\n"
+        f"c.ExecutePreprocessor.kernel_name = {KERNEL_NAME!r}\n"  # never a kernel the submission names
     )
     notebooks = source_notebooks(root, lesson)
     for nb in notebooks:
@@ -75,7 +104,7 @@ def make_course(course: Path, root: Path, lesson: str) -> list[Path]:
 
 
 def student_notebooks(root: Path, only: str | None = None) -> dict[Path, str]:
-    """exercises/lesson_NN/<name>.ipynb -> contents, as nbgrader releases them."""
+    """labs/lesson_NN/<name>.ipynb -> contents, as nbgrader releases them."""
     files: dict[Path, str] = {}
     for lesson_dir in sorted((root / "solutions_private").glob("lesson_[0-9][0-9]")):
         lesson = lesson_dir.name.removeprefix("lesson_")
@@ -85,7 +114,7 @@ def student_notebooks(root: Path, only: str | None = None) -> dict[Path, str]:
             course = Path(tmp) / "course"
             for nb in make_course(course, root, lesson):
                 released = course / "release" / f"lesson_{lesson}" / nb.name
-                files[Path("exercises") / lesson_dir.name / nb.name] = released.read_text(encoding="utf-8")
+                files[Path("labs") / lesson_dir.name / nb.name] = released.read_text(encoding="utf-8")
     return files
 
 
@@ -101,8 +130,10 @@ class NotebookGrade:
 
 
 def _kernelspec(course: Path, sandbox: bool) -> Path:
-    """A `python3` kernelspec that starts the kernel through the sandbox (see kernel_launch.py)."""
-    spec_dir = course / ".jupyter" / "kernels" / "python3"
+    """The notebooks' kernelspec (`llm-course`), starting the kernel through the sandbox (see kernel_launch.py).
+
+    It sits first on JUPYTER_PATH, so it shadows a `llm-course` kernel registered by `make kernel`."""
+    spec_dir = course / ".jupyter" / "kernels" / KERNEL_NAME
     spec_dir.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-I", str(ENGINE_DIR / "kernel_launch.py"), "{connection_file}"]
     if not sandbox:
@@ -112,10 +143,30 @@ def _kernelspec(course: Path, sandbox: bool) -> Path:
     return spec_dir.parent.parent
 
 
+def _inputs(root: Path, lesson: str, submission_lesson_dir: Path, modules: tuple[str, ...],
+            lab_dir: Path | None, lab_modules: tuple[str, ...]) -> dict[str, Path]:
+    """File name in the kernel's folder -> the submission file it comes from (present or not).
+
+    Notebooks and lab modules come from the lab folder, graded modules from the lesson folder;
+    a lab module wins over a graded module of the same stem (the lab's own file)."""
+    lab = lab_dir or submission_lesson_dir
+    files = {f"{stem}.py": submission_lesson_dir / f"{stem}.py" for stem in modules}
+    files.update((f"{stem}.py", lab / f"{stem}.py") for stem in lab_modules)
+    files.update((nb.name, lab / nb.name) for nb in source_notebooks(root, lesson))
+    return files
+
+
+def _regular(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
+
+
 def autograde(root: Path, lesson: str, submission_lesson_dir: Path, modules: tuple[str, ...], out_dir: Path,
-              hide: tuple[Path, ...] = (), provided: dict[str, Path] | None = None) -> tuple[list[NotebookGrade], str]:
+              hide: tuple[Path, ...] = (), provided: dict[str, Path] | None = None, lab_dir: Path | None = None,
+              lab_modules: tuple[str, ...] = ()) -> tuple[list[NotebookGrade], str]:
     """Autograde every lab notebook of ``lesson`` in the submission; (grades, sandbox note).
 
+    ``submission_lesson_dir`` holds the graded ``modules`` (exercises/lesson_NN); ``lab_dir``
+    (:func:`find_lab_dir`; default: the lesson folder) holds the notebooks and ``lab_modules``.
     ``provided`` (stem -> trusted reference file) are the files given complete to students: the
     kernel gets the reference's copy, never the student's.
 
@@ -126,7 +177,10 @@ def autograde(root: Path, lesson: str, submission_lesson_dir: Path, modules: tup
     from graders.engine import launcher, runroot, sandbox
 
     dest = out_dir / "nbgrader"
-    reused = _unchanged_course(dest, root, lesson, submission_lesson_dir, modules)
+    provided = provided or {}
+    inputs = {name: src for name, src in _inputs(root, lesson, submission_lesson_dir, modules, lab_dir, lab_modules).items()
+              if name.removesuffix(".py") not in provided}
+    reused = _unchanged_course(dest, root, lesson, inputs)
     if reused is not None:
         return reused, "notebook grades read from OUT/nbgrader (submission unchanged since it was autograded)"
     mode, weakened = launcher.choose()  # SandboxUnavailable under root without a sandbox (fail closed)
@@ -138,18 +192,11 @@ def autograde(root: Path, lesson: str, submission_lesson_dir: Path, modules: tup
             return [], "no lab notebooks for this lesson"
         submitted = course / "submitted" / STUDENT / f"lesson_{lesson}"
         submitted.mkdir(parents=True)
-        missing = []
-        for nb in notebooks:
-            src = submission_lesson_dir / nb.name
-            if src.is_file() and not src.is_symlink():
-                shutil.copy(src, submitted / nb.name)
-            else:
-                missing.append(nb.name)
-        provided = provided or {}
-        for stem in modules:  # the notebook imports the lesson's modules and lab files from its folder
-            src = submission_lesson_dir / f"{stem}.py"
-            if stem not in provided and src.is_file() and not src.is_symlink():
-                shutil.copy(src, submitted / src.name)
+        # The notebook imports the lesson's modules and lab files from its own folder: all flat here.
+        for name, src in inputs.items():
+            if _regular(src):
+                shutil.copyfile(src, submitted / name)
+        missing = [nb.name for nb in notebooks if not (submitted / nb.name).is_file()]
         for stem, trusted in provided.items():
             shutil.copy(trusted, submitted / f"{stem}.py")
         shutil.copytree(sandbox.REPO_ROOT / "labkit", submitted / "labkit", ignore=shutil.ignore_patterns("__pycache__"))
@@ -186,19 +233,18 @@ def autograde(root: Path, lesson: str, submission_lesson_dir: Path, modules: tup
     return grades, note
 
 
-def _unchanged_course(dest: Path, root: Path, lesson: str, submission_lesson_dir: Path,
-                      modules: tuple[str, ...]) -> list[NotebookGrade] | None:
-    """The grades in an earlier OUT/nbgrader if the submission's notebooks and modules are
-    byte-identical to what was autograded there: re-grading would wipe the instructor's
-    manual grades, and a changed submission must be graded afresh."""
+def _unchanged_course(dest: Path, root: Path, lesson: str, inputs: dict[str, Path]) -> list[NotebookGrade] | None:
+    """The grades in an earlier OUT/nbgrader if the submission's notebooks, modules and lab files
+    (``inputs``: name in the kernel's folder -> submission file) are byte-identical to what was
+    autograded there: re-grading would wipe the instructor's manual grades, and a changed
+    submission must be graded afresh."""
     record = dest / "graded-from.json"
     submitted = dest / "submitted" / STUDENT / f"lesson_{lesson}"
     if not record.exists():
         return None
-    names = [nb.name for nb in source_notebooks(root, lesson)] + [f"{m}.py" for m in modules]
-    for name in names:
-        new, old = submission_lesson_dir / name, submitted / name
-        if new.exists() != old.exists() or (new.exists() and new.read_bytes() != old.read_bytes()):
+    for name, new in inputs.items():
+        old, present = submitted / name, _regular(new)
+        if present != old.is_file() or (present and new.read_bytes() != old.read_bytes()):
             return None
     info = json.loads(record.read_text())
     return [_read_grade(dest, lesson, nb.name, nb.name in info["missing"], info["problem"])

@@ -1,9 +1,10 @@
 """The lesson registry: which lessons have graders, what each declares, and where a submission keeps them.
 
-A lesson is a kit: ``graders/lesson_NN/lesson.toml`` declares everything the engine needs
-(title, graded and provided modules, lab modules, the bindings class, rubric overrides,
-required artifacts); the rubric's defaults live once in ``graders/engine/rubric_defaults.toml``.
-Nothing here imports torch, so the CLI starts fast.
+A lesson is a kit: ``graders/lesson_NN/lesson.toml`` declares the private part (title, graded and
+provided modules, lab modules, the bindings class, hidden-test categories); the public part, the
+lab's required artifacts and rubric overrides, is ``labs/lesson_NN/lab.toml``, shipped to students
+and read here from the INSTRUCTOR's repository (never a submission's copy) by :mod:`labkit.rubric`
+over ``labkit/rubric_defaults.toml``. Nothing here imports torch, so the CLI starts fast.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from pathlib import Path
 GRADERS_DIR = Path(__file__).resolve().parent.parent
 REPO_ROOT = GRADERS_DIR.parent
 SOLUTIONS_DIR = REPO_ROOT / "solutions_private"
-RUBRIC_DEFAULTS = Path(__file__).resolve().parent / "rubric_defaults.toml"
-SPEC_KEYS = {"title", "modules", "provided", "lab_modules", "bindings", "artifacts", "rubric"}
+SPEC_KEYS = {"title", "modules", "provided", "lab_modules", "bindings", "categories"}
+MOVED_KEYS = {"artifacts", "rubric"}  # now in labs/lesson_NN/lab.toml
 
 
 class GradingSetupError(Exception):
@@ -32,8 +33,9 @@ class Lesson:
     lab_modules: tuple[str, ...] = ()  # the lab's own files, for notebook autograding and reruns
     provided: dict[str, Path] = field(default_factory=dict, hash=False)  # stem -> trusted reference copy
     bindings: str = ""  # "package.module:Class", built on the worker by the plugin's `lesson` fixture
-    rubric: dict = field(default_factory=dict, hash=False)  # rubric defaults merged with the lesson's overrides
-    artifacts: tuple[str, ...] = ()  # words some run artifact's name must contain (the rubric checks them)
+    rubric: dict = field(default_factory=dict, hash=False)  # labkit.rubric.load_rules: defaults + lab.toml
+    artifacts: tuple[dict, ...] = field(default=(), hash=False)  # lab.toml's [[artifacts]] specs, checked
+    categories: dict = field(default_factory=dict, hash=False)  # name -> {"hidden": [patterns], "visible": [names]}
 
     @property
     def dirname(self) -> str:
@@ -61,14 +63,6 @@ def normalise(number: str) -> str:
     return digits.group(1).zfill(2)
 
 
-def merge(base: dict, override: dict) -> dict:
-    """``base`` with ``override`` laid over it, tables merged key by key."""
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def _read_toml(path: Path) -> dict:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
@@ -87,20 +81,33 @@ def _stems(spec: dict, key: str, path: Path, *, required: bool = False) -> tuple
     return tuple(value)
 
 
-def _fill(value: object, dirname: str) -> object:
-    """``{lesson_dir}`` in any rubric string becomes e.g. ``lesson_03``."""
-    if isinstance(value, str):
-        return value.replace("{lesson_dir}", dirname)
-    if isinstance(value, dict):
-        return {k: _fill(v, dirname) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_fill(v, dirname) for v in value]
-    return value
+def _categories(spec: dict, path: Path) -> dict:
+    """``[categories]``: name -> {hidden = [fnmatch patterns of hidden test names], visible = [visible test names]}."""
+    value = spec.get("categories", {})
+    fix = "write [categories.NAME] tables with hidden = [\"test_x*\"] and visible = [\"test_y\"]"
+    if not isinstance(value, dict):
+        raise GradingSetupError(f"{path}: `categories` must be a table: {fix}")
+    for name, cat in value.items():
+        if not isinstance(cat, dict) or set(cat) != {"hidden", "visible"}:
+            raise GradingSetupError(f"{path}: category {name!r} must have exactly `hidden` and `visible`: {fix}")
+        for key in ("hidden", "visible"):
+            names = cat[key]
+            if not (isinstance(names, list) and names and all(isinstance(n, str) and n.strip() for n in names)):
+                raise GradingSetupError(f"{path}: category {name!r}: `{key}` must be a non-empty list of test names")
+    return {name: {"hidden": list(cat["hidden"]), "visible": list(cat["visible"])} for name, cat in value.items()}
 
 
-def parse(nn: str, path: Path, solutions: Path = SOLUTIONS_DIR) -> Lesson:
-    """The lesson declared in ``path`` (a lesson.toml), checked: one-line errors naming the fix."""
+def parse(nn: str, path: Path, solutions: Path = SOLUTIONS_DIR, root: Path = REPO_ROOT) -> Lesson:
+    """The lesson declared in ``path`` (a lesson.toml) and ``root``/labs/lesson_NN/lab.toml, checked.
+
+    One-line errors naming the fix. ``root`` is the instructor's repository (tests pass a scratch one).
+    """
+    from labkit import rubric
+
     spec = _read_toml(path)
+    moved = sorted(set(spec) & MOVED_KEYS)
+    if moved:
+        raise GradingSetupError(f"{path}: {', '.join(moved)} moved to labs/lesson_{nn}/lab.toml (the lab's public declaration)")
     unknown = sorted(set(spec) - SPEC_KEYS)
     if unknown:
         raise GradingSetupError(f"{path}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(SPEC_KEYS))})")
@@ -120,17 +127,14 @@ def parse(nn: str, path: Path, solutions: Path = SOLUTIONS_DIR) -> Lesson:
         if not src.is_file():
             raise GradingSetupError(f"{path}: provided file {stem}.py has no reference copy at {src}")
         provided[stem] = src
-    artifacts = spec.get("artifacts", [])
-    if not (isinstance(artifacts, list) and all(isinstance(a, str) and a for a in artifacts)):
-        raise GradingSetupError(f"{path}: `artifacts` must be a list of words (e.g. [\"loss_curve\"])")
-    overrides = spec.get("rubric", {})
-    if not isinstance(overrides, dict):
-        raise GradingSetupError(f"{path}: `rubric` must be a table of overrides, e.g. [rubric.weights]")
-    rubric = _fill(merge(_read_toml(RUBRIC_DEFAULTS), overrides), f"lesson_{nn}")
-    rubric.setdefault("reproducibility", {})["required_artifacts"] = list(artifacts)
+    try:
+        rules = rubric.load_rules(nn, root)
+    except rubric.RubricSetupError as exc:
+        raise GradingSetupError(str(exc)) from None
     return Lesson(
         number=nn, title=title.strip(), modules=modules, lab_modules=_stems(spec, "lab_modules", path),
-        provided=provided, bindings=bindings, rubric=rubric, artifacts=tuple(artifacts),
+        provided=provided, bindings=bindings, rubric=rules, artifacts=tuple(rules["artifacts"]),
+        categories=_categories(spec, path),
     )  # fmt: skip
 
 
@@ -151,7 +155,7 @@ def find_lesson_dir(submission: Path, lesson: Lesson) -> Path:
     PATH (the instructor's) is resolved; below it no step may be a symbolic link: a linked
     ``exercises/`` or ``lesson_NN/`` could point at the reference solutions or a classmate's work.
     """
-    from graders.engine import safepath
+    from labkit import safepath
 
     submission = submission.resolve()
     if not submission.exists():

@@ -15,7 +15,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from graders.engine import lessons, safepath
+from graders.engine import lessons
+from labkit import safepath
 
 FORMAT = 1
 MAX_MODULE_BYTES = 1 << 20  # the worker refuses bigger modules; their hash is then "unreadable"

@@ -5,7 +5,9 @@ The release is assembled in a temporary folder next to the target, scanned for l
 ``solutions_private``/``graders`` path) and only then moved into place, so a leaking
 release is never written. Student-only files (README, Makefile, tests/) come from the
 instructor repo's ``release/`` folder; pyproject.toml is derived from the instructor's
-so markers and ruff settings cannot drift apart.
+so markers and ruff settings cannot drift apart. ``labs/`` (lab code stubs, notebooks, the
+notes.md templates and each lab's public lab.toml) and ``labkit/`` (with its templates,
+rubric_defaults.toml and the `check`/`submit` commands) ship as they are in git.
 """
 
 from __future__ import annotations
@@ -59,21 +61,16 @@ def _lessons_table(readme: str) -> str:
 
 
 def student_agents(text: str) -> str:
-    """AGENTS.md without its instructor section; `make grade` (no graders in a release) becomes the autograder."""
+    """AGENTS.md without its instructor section. The student sections name the student commands
+    (`make check LESSON=NN`, `make submit LESSON=NN`); a leftover `make grade` (no graders in a
+    release) becomes the self-check, so no student file names a target the release lacks."""
     kept, skipping = [], False
     for line in text.splitlines():
         if line.startswith("## "):
             skipping = "instructor" in line.lower() or "course repository itself" in line.lower()
         if skipping:
             continue
-        if "`make grade`" in line:
-            step = re.match(r"^(\s*\d+\.\s)", line)
-            line = (
-                f"{step.group(1)}Submit to the autograder (Gradescope): it runs the hidden tests and reports each one."
-                if step
-                else re.sub(r"(?:the )?`make grade`( table)?", lambda m: "the autograder" + (" report" if m[1] else ""), line)
-            )
-        kept.append(line)
+        kept.append(re.sub(r"`make grade(?: LESSON=\w+)?`", "`make check LESSON=NN`", line))
     text = re.sub(r" The last section is\s+for agents helping instructors[^.]*\.", "", "\n".join(kept))
     return text.rstrip() + "\n"
 
@@ -121,7 +118,7 @@ def student_pyproject(text: str) -> str:
     project.pop("scripts", None)
     project["dependencies"] = [d for d in project.get("dependencies", []) if not d.startswith(INSTRUCTOR_ONLY_DEPENDENCIES)]
     tool = data.setdefault("tool", {})
-    tool["setuptools"] = {"packages": {"find": {"include": ["labkit*"]}}}
+    tool["setuptools"] = {"packages": {"find": {"include": ["labkit*"]}}, "package-data": tool.get("setuptools", {}).get("package-data", {})}
     tool.setdefault("pytest", {}).setdefault("ini_options", {})["testpaths"] = ["tests"]
     header = "# Student repository set-up (generated from the course's own pyproject.toml).\n\n"
     return header + dump_toml(data).rstrip() + "\n"

@@ -140,7 +140,9 @@ class Worker:
     """One sandboxed worker for one lesson folder of one submission.
 
     ``lesson_dir`` is the submission's ``lesson_NN`` folder; only ``modules`` (file
-    stems, e.g. ``("attention",)``) are copied from it. ``hide`` is kept for callers
+    stems, e.g. ``("attention",)``) are copied from it and imported at start. ``sources``
+    (stem -> a submission file elsewhere, e.g. ``labs/lesson_NN/lab_experiment.py``) are copied
+    beside them as ``<stem>.py`` with the same checks, not imported at start. ``hide`` is kept for callers
     that list paths the worker must not see; the allow-list view hides them anyway.
     ``allow_unsandboxed`` (default: ``LLMG_ALLOW_UNSANDBOXED=1``) lets a root grader run
     a weakened worker (still a per-worker uid, never root) when no sandbox can be built.
@@ -154,6 +156,7 @@ class Worker:
     cuda: bool = False
     trusted_trees: tuple[Path, ...] = ()  # our own packages the student code may import (e.g. labkit)
     provided: dict[str, Path] = field(default_factory=dict)  # stem -> trusted file (the reference's), never the student's
+    sources: dict[str, Path] = field(default_factory=dict)  # stem -> submission file copied as <stem>.py (lab files)
     protections: Protections = field(default_factory=Protections)
     max_timeouts: int = 3
     allow_unsandboxed: bool | None = None
@@ -176,15 +179,17 @@ class Worker:
     def _prepare_folder(self, mode: str, uid: int | None) -> Path:
         """The worker's folder: its modules, owned by root and group-readable by its uid alone."""
         folder = Path(tempfile.mkdtemp(prefix="w-", dir=runroot.current()))
-        for stem in (m for m in self.modules if m not in self.provided):
-            src = self.lesson_dir / f"{stem}.py"
+        copies = {stem: self.lesson_dir / f"{stem}.py" for stem in self.modules if stem not in self.provided}
+        copies.update((stem, Path(src)) for stem, src in self.sources.items() if stem not in self.provided)
+        for stem, src in copies.items():
+            shown = f"{src.parent.name}/{src.name}"
             # Regular files only, no symlinks (a link could point into the instructor's tree).
             if not src.is_file() or src.is_symlink():
-                self.broken = f"the submission has no regular file {self.lesson_dir.name}/{src.name}"
+                self.broken = f"the submission has no regular file {shown}"
             elif src.stat().st_size > MAX_MODULE_BYTES:
-                self.broken = f"{self.lesson_dir.name}/{src.name} is over {MAX_MODULE_BYTES >> 20} MiB"
+                self.broken = f"{shown} is over {MAX_MODULE_BYTES >> 20} MiB"
             else:
-                shutil.copyfile(src, folder / src.name)
+                shutil.copyfile(src, folder / f"{stem}.py")
         for stem, src in self.provided.items():  # given complete to students: graded with our copy, not theirs
             shutil.copyfile(src, folder / f"{stem}.py")
         shutil.copyfile(ENGINE_DIR / "worker_main.py", folder / "_llmg_worker.py")

@@ -65,3 +65,22 @@ def test_every_stub_points_to_a_real_lesson_section():
             text = (ROOT / lesson).read_text(encoding="utf-8") if (ROOT / lesson).exists() else ""
             headings = {line.lstrip("#").strip() for line in text.splitlines() if line.startswith("#")}
             assert section in headings, f"{path.relative_to(ROOT)} points to a missing section {section!r} of {lesson}"
+
+
+def test_check_and_submit_commands_import():
+    """`make check` and `make submit` run `python -m labkit check|submit NN`: both import here."""
+    code = "import labkit.__main__, labkit.check, labkit.submit; print(labkit.submit.normalise('lesson_08'))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "08", proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("lesson_dir", LESSON_DIRS, ids=lambda p: p.name)
+def test_every_lesson_has_its_lab_folder_and_notes(lesson_dir: Path):
+    """Lab work lives in labs/lesson_NN/: the notes template with the five headings the rubric reads, and lab.toml."""
+    lab = ROOT / "labs" / lesson_dir.name
+    notes = lab / "notes.md"
+    assert notes.is_file(), f"{notes.relative_to(ROOT)} is missing: restore it with `git checkout -- labs`"
+    headings = " ".join(line.lower() for line in notes.read_text(encoding="utf-8").splitlines() if line.startswith("#"))
+    for word in ("expect", "happen", "surpris", "next", "believe"):
+        assert word in headings, f"{notes.relative_to(ROOT)} lost its '{word}' heading: the rubric reads it"
+    assert (lab / "lab.toml").is_file(), f"{lab.relative_to(ROOT)}/lab.toml is missing: restore it with git"
