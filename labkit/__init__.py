@@ -12,7 +12,8 @@ env.json (python, packages, device, git commit), metrics.jsonl, artifacts/ and
 summary.json. The rubric reads these files and re-runs the experiment from them.
 """
 
+from labkit.output import new_figure, write_csv
 from labkit.paths import exercises
 from labkit.runlog import Run, load_run, progress, rerun, start_run
 
-__all__ = ["Run", "exercises", "load_run", "progress", "rerun", "start_run"]
+__all__ = ["Run", "exercises", "load_run", "new_figure", "progress", "rerun", "start_run", "write_csv"]

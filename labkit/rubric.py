@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit import artifacts, safepath
+from labkit.paths import lesson_number
 
 CRITERIA = ("conceptual_clarity", "implementation", "measurement_quality", "reproducibility", "reflection")
 # The five sections of the lab workflow, matched in notes.md headings (first heading per section wins).
@@ -61,10 +62,10 @@ class Criterion:
 
 # ---------------------------------------------------------------------------- rules
 def _lesson(number: str | int) -> str:
-    digits = re.fullmatch(r"(?:lesson_)?(\d{1,2})", str(number).strip())
-    if not digits:
+    nn = lesson_number(number)
+    if nn is None:
         raise RubricSetupError(f"not a lesson number: {number!r} (use e.g. 03)")
-    return digits.group(1).zfill(2)
+    return nn
 
 
 def _merge(base: dict, override: dict) -> dict:

@@ -36,7 +36,6 @@ and the seed picks which paragraphs are held out.
 from __future__ import annotations
 
 import bisect
-import csv
 import hashlib
 import json
 import random
@@ -46,11 +45,9 @@ from collections import Counter
 from itertools import pairwise
 from pathlib import Path
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-from labkit import exercises, progress, start_run
+from labkit import exercises, new_figure, progress, start_run, write_csv
 
 EXERCISES = exercises("01", __file__)  # None in the grader's sandbox: the modules sit beside this file
 from bpe import build_vocab, encode, merge_pair, pretokenize, train_bpe  # noqa: E402
@@ -217,22 +214,6 @@ def time_ms(fn, repeats: int) -> tuple[float, float]:
         fn()
         times.append((time.perf_counter() - start) * 1e3)
     return median_iqr(times)
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """Rows of dicts as CSV, the columns in first-seen order."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def new_figure(width: float, height: float) -> Figure:
-    """A matplotlib figure drawn by the Agg backend (no display, whatever the notebook uses)."""
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def compression(config: dict, run, train_text: str, heldout: str) -> tuple[list, list[dict], float]:

@@ -32,7 +32,6 @@ copied into the config.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -41,10 +40,8 @@ import time
 from pathlib import Path
 
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-from labkit import exercises, progress, start_run
+from labkit import exercises, new_figure, progress, start_run, write_csv
 
 exercises("02", __file__)
 from language_model import BigramLM, cross_entropy, sample  # noqa: E402
@@ -147,22 +144,6 @@ def split_loss(model: BigramLM, ids: torch.Tensor) -> float:
     """Mean next-token loss over every position of a split (exact, no sampling of windows)."""
     _, loss = model(ids[:-1].unsqueeze(0), ids[1:].unsqueeze(0))
     return float(loss)
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """Rows of dicts as CSV, the columns in first-seen order."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def new_figure(width: float, height: float) -> Figure:
-    """A matplotlib figure drawn by the Agg backend (no display, whatever the notebook uses)."""
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def count_baseline(config: dict, run, train: torch.Tensor, val: torch.Tensor, V: int) -> dict | None:

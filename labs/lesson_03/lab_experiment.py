@@ -22,7 +22,6 @@ What it does, as lessons/lesson_03.md section 5 asks:
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 
@@ -32,7 +31,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch.utils.benchmark import Timer
 
-from labkit import exercises, progress, start_run
+from labkit import exercises, progress, start_run, write_csv
 
 exercises("03", __file__)
 from attention import causal_mask, scaled_dot_product_attention  # noqa: E402
@@ -173,15 +172,6 @@ def heatmaps(config: dict, g: torch.Generator, run) -> dict:
     fig.tight_layout()
     fig.savefig(run.artifact("variants.png"), dpi=80)
     return entropy
-
-
-def write_csv(path, rows: list[dict]) -> None:
-    """Rows of dicts as CSV, the columns in first-seen order."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def timing_plot(rows: list[dict], second: list[dict] | None, path) -> None:

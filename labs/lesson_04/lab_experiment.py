@@ -27,7 +27,6 @@ computed in float64 on one thread, so a rerun with the same seed repeats every n
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from labkit import exercises, progress, start_run
+from labkit import exercises, progress, start_run, write_csv
 
 exercises("04", __file__)
 from block import Block, BlockConfig, LayerNorm, MultiHeadAttention, merge_heads, split_heads  # noqa: E402
@@ -309,13 +308,6 @@ def param_count(run, config: dict) -> None:
 
 
 # ------------------------------------------------------------------ files
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def depth_figure(path: Path, results: dict, depths: list[int]) -> None:
     """norm_vs_depth.png: per-layer RMS and gradients of the deepest stack, last block's gradient against L."""
     fig = Figure(figsize=(14, 4))

@@ -29,7 +29,6 @@ rerun needs no data file.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import math
 import time
@@ -39,7 +38,7 @@ import torch
 import torch.nn as nn
 from matplotlib.figure import Figure
 
-from labkit import exercises, progress, start_run
+from labkit import exercises, progress, start_run, write_csv
 
 EXERCISES = exercises("05", __file__)  # exercises/lesson_05; None in the grader's sandbox (modules beside this file)
 from gpt import GPTConfig, GPTMini, get_batch  # noqa: E402
@@ -159,13 +158,6 @@ def train(run, model: GPTMini, ids: torch.Tensor, config: dict, seed: int, ablat
 def build(config: dict, vocab_size: int) -> GPTMini:
     return GPTMini(GPTConfig(block_size=config["block_size"], vocab_size=vocab_size, n_layer=config["n_layer"],
                              n_head=config["n_head"], n_embd=config["n_embd"], dropout=config["dropout"]))  # fmt: skip
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def loss_figure(path: Path, results: dict, summary: dict, seed: int) -> None:

@@ -29,7 +29,6 @@ metrics.jsonl only: another CPU may round them differently, so the rerun does no
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from labkit import exercises, progress, start_run
+from labkit import exercises, progress, start_run, write_csv
 
 exercises("06", __file__)
 from rope import RotaryEmbedding, apply_rotary  # noqa: E402
@@ -96,13 +95,6 @@ def pair_scores(
         x, _ = apply_rotary(x, x, *rope(m))
         y, _ = apply_rotary(y, y, *rope(n))
     return (x * y).sum(-1)[0]  # (N, D)
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 # ------------------------------------------------------------------ parity with transformers
