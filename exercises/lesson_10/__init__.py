@@ -1,0 +1,1 @@
+"""Lesson 10: Mixture of Experts and scaling."""

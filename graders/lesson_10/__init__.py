@@ -1,0 +1,1 @@
+"""Lesson 10 hidden graders: Mixture of Experts and scaling. Declared in lesson.toml."""
