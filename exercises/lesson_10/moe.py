@@ -95,7 +95,7 @@ class MoEBlock(nn.Module):
             ``output[t] = sum_j weights[t, j] * expert_{indices[t, j]}(x_t)``; router_logits (N, E)
             (``N = B * T``), the gate's logits before the softmax (the aux loss needs them).
 
-        Hints: flatten to (N, H); ``router_logits = self.gate(x)``; weights and indices from
+        Hints: flatten to (N, H); the router logits are the gate applied to the flat tokens; weights and indices from
         ``topk_softmax_router``. Dispatch: for each expert ``e`` that some token chose, find the
         (token, slot) pairs with ``torch.where(indices == e)``, run ``self.experts.expert(e, ...)``
         on those tokens only, scale by their weights and add them into the output with
