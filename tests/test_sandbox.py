@@ -113,3 +113,19 @@ def test_plain_data_refuses_lookalikes(value):
 def test_plain_data_accepts_plain():
     value = {"a": [torch.zeros(2, 3), 1, 2.5, "s", None, True, (b"x",)]}
     assert check_plain(value) is value
+
+
+def test_fresh_worker_copies_every_setting_and_no_state(tmp_path: Path):
+    """A lesson that resumes in a second process gets the first worker's settings, never its state."""
+    from dataclasses import fields
+
+    state = {"starts", "timeouts", "deaths", "broken", "last_start_seconds"}
+    declared = {f.name for f in fields(Worker) if not f.name.startswith("_")} - state
+    assert declared == set(Worker.SETTINGS), "a new Worker field is neither a setting Worker.fresh copies nor listed as state"
+    w = Worker(tmp_path, ("m",), timeout=7.0, memory_bytes=1 << 30, provided={"h": tmp_path / "h.py"}, max_timeouts=1)
+    w.starts, w.timeouts, w.broken = 3, 2, "hung"
+    f = w.fresh()
+    assert f is not w and all(getattr(f, n) == getattr(w, n) for n in Worker.SETTINGS)
+    assert (f.starts, f.timeouts, f.broken, f._proc) == (0, 0, None, None)
+    f.provided["x"] = tmp_path
+    assert "x" not in w.provided, "the fresh worker shares a mutable setting with the first"

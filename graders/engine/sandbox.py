@@ -15,6 +15,7 @@ protections were on is reported in :attr:`Worker.protections`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import os
 import select
@@ -174,6 +175,17 @@ class Worker:
     _cgroup: Cgroup | None = None
     _lease: launcher.UidLease | None = None
     _last_exit: int | None = None
+
+    # The fields above that are settings, not the state of a running worker (what `fresh` copies).
+    SETTINGS = (
+        "lesson_dir", "modules", "timeout", "memory_bytes", "hide", "cuda", "trusted_trees", "provided", "sources",
+        "protections", "max_timeouts", "allow_unsandboxed",
+    )  # fmt: skip
+
+    def fresh(self) -> Worker:
+        """A new worker with this one's settings and none of its state: a second process for the same
+        submission (a lesson that resumes a checkpoint in a fresh process). Not started until its first request."""
+        return Worker(**{name: copy.copy(getattr(self, name)) for name in self.SETTINGS})
 
     # ------------------------------------------------------------------ lifecycle
     def _prepare_folder(self, mode: str, uid: int | None) -> Path:

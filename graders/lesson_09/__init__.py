@@ -1,0 +1,1 @@
+"""Lesson 09 hidden graders: training systems. Declared in lesson.toml."""
