@@ -54,10 +54,24 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "serial: asserts a speed verdict: runs alone, never next to another grading")
 
 
+def _lessons_of(item: pytest.Item) -> set[str]:
+    """The lessons a parametrised suite test is about, read off its id (``[10]``, ``[lesson_10/...]``, ``[lesson_05-05]``)."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return set()
+    parts = {part.removeprefix("lesson_") for part in re.split(r"[-/+]", callspec.id)}
+    return parts & _AVAILABLE
+
+
+_AVAILABLE = frozenset(lessons.available())
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if GRADING_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+        for nn in _lessons_of(item):  # `pytest tests -m lesson_10`: every suite test of one lesson
+            item.add_marker(getattr(pytest.mark, f"lesson_{nn}"))
 
 
 def _modules_with_shared_fixtures() -> frozenset[str]:

@@ -92,3 +92,21 @@ def test_a_provided_file_is_graded_from_the_reference_never_the_students(grade_l
     files = {"gpt.py": (reference / "gpt.py").read_text(), "blocks.py": hostile}
     res = grade_lesson("05", make_submission(tmp_path / "sub", "05", files), keyword="logits or loss")
     assert res["max_score"] > 0 and res["score"] == res["max_score"], [t["output"] for t in res["tests"] if t["output"]]
+
+
+def test_every_suite_test_of_a_lesson_carries_its_marker():
+    """`pytest tests -m lesson_NN` must select the kit, grading and mutant tests of lesson NN, not a subset."""
+    from tests.conftest import _lessons_of
+
+    class Spec:
+        def __init__(self, id_: str) -> None:
+            self.id = id_
+
+    class Item:
+        def __init__(self, id_: str) -> None:
+            self.callspec = Spec(id_)
+
+    first = lessons.available()[0]
+    for id_ in (first, f"lesson_{first}/a-mutant+another", f"lesson_{first}-{first}", f"lesson_{first}/lab_x"):
+        assert _lessons_of(Item(id_)) == {first}, id_
+    assert _lessons_of(Item("no-lesson-here")) == set()
