@@ -1,0 +1,1 @@
+"""Lesson 08 hidden graders: decoding. Declared in lesson.toml."""
