@@ -54,6 +54,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "serial: asserts a speed verdict: runs alone, never next to another grading")
 
 
+_AVAILABLE = frozenset(lessons.available())
+
+
 def _lessons_of(item: pytest.Item) -> set[str]:
     """The lessons a parametrised suite test is about, read off its id (``[10]``, ``[lesson_10/...]``, ``[lesson_05-05]``)."""
     callspec = getattr(item, "callspec", None)
@@ -61,9 +64,6 @@ def _lessons_of(item: pytest.Item) -> set[str]:
         return set()
     parts = {part.removeprefix("lesson_") for part in re.split(r"[-/+]", callspec.id)}
     return parts & _AVAILABLE
-
-
-_AVAILABLE = frozenset(lessons.available())
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

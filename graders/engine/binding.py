@@ -16,6 +16,8 @@ The plugin's ``lesson`` fixture builds the class named in ``lesson.toml`` on the
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import ClassVar
 
 import torch
@@ -42,7 +44,23 @@ class Binding:
         self.worker = worker
         if self.threads:
             torch.set_num_threads(self.threads)
-            self.worker.call("torch", "set_num_threads", (self.threads,))
+        self._configure(worker)
+
+    def _configure(self, worker: Worker) -> None:
+        """What every worker of this binding gets before its first call: its torch threads."""
+        if self.threads:
+            worker.call("torch", "set_num_threads", (self.threads,))
+
+    @contextlib.contextmanager
+    def fresh_worker(self) -> Iterator[Worker]:
+        """A second worker process for the same submission (``Worker.fresh``), configured like this binding's own
+        and closed on exit: a lesson that resumes a checkpoint in a new process."""
+        worker = self.worker.fresh()
+        try:
+            self._configure(worker)
+            yield worker
+        finally:
+            worker.close()
 
     # ------------------------------------------------------------------ calls
     def call(

@@ -97,13 +97,8 @@ class Lesson09(Binding):
     def resume_in_fresh_worker(self, train: dict, checkpoint: bytes, model: dict | None = None, run: dict | None = None) -> dict:
         """``tinylm.run_resume`` in a new sandboxed worker process: load ``checkpoint`` and train to the end."""
         assert type(checkpoint) is bytes
-        fresh = self.worker.fresh()
-        try:
-            if self.threads:
-                fresh.call("torch", "set_num_threads", (self.threads,))
+        with self.fresh_worker() as fresh:
             out = fresh.call(HARNESS, "run_resume", (train, checkpoint, model, run), timeout=120)
-        finally:
-            fresh.close()
         return self._run_reply(out, "run_resume", checkpoint=False)
 
     @staticmethod
