@@ -119,7 +119,7 @@ def test_fresh_worker_copies_every_setting_and_no_state(tmp_path: Path):
     """A lesson that resumes in a second process gets the first worker's settings, never its state."""
     from dataclasses import fields
 
-    state = {"starts", "timeouts", "deaths", "broken", "last_start_seconds"}
+    state = {"protections", "starts", "timeouts", "deaths", "broken", "last_start_seconds"}  # protections: what start() built
     declared = {f.name for f in fields(Worker) if not f.name.startswith("_")} - state
     assert declared == set(Worker.SETTINGS), "a new Worker field is neither a setting Worker.fresh copies nor listed as state"
     w = Worker(tmp_path, ("m",), timeout=7.0, memory_bytes=1 << 30, provided={"h": tmp_path / "h.py"}, max_timeouts=1)

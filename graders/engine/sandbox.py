@@ -179,7 +179,7 @@ class Worker:
     # The fields above that are settings, not the state of a running worker (what `fresh` copies).
     SETTINGS = (
         "lesson_dir", "modules", "timeout", "memory_bytes", "hide", "cuda", "trusted_trees", "provided", "sources",
-        "protections", "max_timeouts", "allow_unsandboxed",
+        "max_timeouts", "allow_unsandboxed",
     )  # fmt: skip
 
     def fresh(self) -> Worker:
