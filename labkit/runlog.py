@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 RUNS_DIR_ENV = "LABKIT_RUNS_DIR"
-PACKAGES = ("torch", "numpy", "transformers", "tokenizers", "peft", "trl", "sentence-transformers", "labkit")
+PACKAGES = ("torch", "numpy", "transformers", "tokenizers", "peft", "trl", "sentence-transformers", "openai", "labkit")
 
 
 def set_seeds(seed: int) -> None:
