@@ -12,7 +12,7 @@ import pytest
 
 from graders.engine import lessons, provenance, results
 from graders.engine.run import grade
-from tests.conftest import REPO, lesson_param, make_submission, run_cli
+from tests.conftest import REPO, SPEED_LESSONS, SUBMISSIONS, lesson_param, make_submission, run_cli
 
 LESSONS = lessons.available()
 GRADESCOPE_TEST_KEYS = {"name", "number", "score", "max_score", "status", "output", "tags", "visibility"}
@@ -38,6 +38,25 @@ def check_schema(res: dict) -> None:
 def test_reference_solution_gets_full_marks(grade_lesson, lesson: str):
     res = grade_lesson(lesson, REPO / "solutions_private")
     check_schema(res)
+    lost = {t["name"]: t["output"] for t in res["tests"] if t["score"] < t["max_score"]}
+    assert not lost and res["score"] == res["max_score"] > 0, lost
+
+
+def _alternatives() -> list:
+    """tests/submissions/lesson_NN_alternative*/: other correct implementations the spec allows (one per lesson at least)."""
+    found = []
+    for folder in sorted(SUBMISSIONS.glob("lesson_*_alternative*")):
+        nn = folder.name.split("_")[1]
+        if nn in LESSONS:
+            marks = (pytest.mark.serial,) if nn in SPEED_LESSONS else ()
+            found.append(pytest.param(nn, folder, marks=marks, id=f"lesson_{nn}-{folder.name.split('_', 2)[2]}"))
+    return found
+
+
+@pytest.mark.parametrize(("lesson", "folder"), _alternatives())
+def test_alternative_correct_implementations_get_full_marks(grade_lesson, lesson: str, folder: Path):
+    """The graders accept every correct implementation the spec allows, not only the reference's way."""
+    res = grade_lesson(lesson, folder)
     lost = {t["name"]: t["output"] for t in res["tests"] if t["score"] < t["max_score"]}
     assert not lost and res["score"] == res["max_score"] > 0, lost
 
