@@ -1,0 +1,1 @@
+"""Lesson 14 hidden graders: LoRA and QLoRA. Declared in lesson.toml."""
