@@ -1,0 +1,1 @@
+"""Lesson 11: Prompting, in-context learning, long context."""

@@ -1,0 +1,1 @@
+"""Lesson 11 hidden graders: prompting, in-context learning, long context. Declared in lesson.toml."""
