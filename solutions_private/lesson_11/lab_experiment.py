@@ -12,22 +12,24 @@ notebook. Every call is one labkit run under ``runs/``; change one config value 
 The model: ``config["model"]`` "scripted" (default) is ``ProbeModel``, a noisy stand-in whose recall
 falls in the middle of long contexts (the "lost in the middle" shape, Liu et al., 2023), so the
 harness has something to find; "tiny-llama" is a 2-layer random Llama from a config (no download:
-plumbing only, it retrieves nothing). To probe a real model, pass ``generate=`` to ``main``: any
-function from a prompt to its completion, e.g. a labkit backend's ``generate`` (lesson section 9).
+plumbing only, it retrieves nothing); any other value is a labkit backend spec
+("transformers:/path/to/model" or "openai:http://127.0.0.1:8000/v1#MODEL", README "Model backends"),
+whose calls are logged into the run (``backend_calls.jsonl``). Or pass ``generate=`` to ``main``: any
+function from a prompt to its completion (lesson section 9).
 """
 
 from __future__ import annotations
 
 import random
 
-from labkit import exercises, new_figure, progress, start_run, write_csv
+from labkit import exercises, make_backend, new_figure, progress, start_run, write_csv
 
 exercises("11", __file__)
 from prompting import build_few_shot_prompt, needle_sweep  # noqa: E402
 from promptkit import ScriptedModel, count_tokens, course_tokenizer, make_filler  # noqa: E402
 
 DEFAULT_CONFIG = {
-    "model": "scripted",  # "scripted" (ProbeModel) or "tiny-llama" (smoke test); or pass generate= to main
+    "model": "scripted",  # "scripted" (ProbeModel), "tiny-llama" (smoke test) or a backend spec; or pass generate= to main
     "depths": [0.0, 0.1, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0],
     "lengths": [128, 512, 1024, 2048],  # tokens; the shortest is the baseline
     "n_facts": 4,
@@ -107,8 +109,10 @@ def main(config: dict | None = None, seed: int = 0, generate=None):
     if generate is None:
         if config["model"] == "tiny-llama":
             generate = tiny_llama_generate(tok)
-        else:
+        elif config["model"] == "scripted":
             generate = ProbeModel(tok, facts, config["middle_drop"], max(lengths), seed).generate
+        else:  # a real model: a raw-prompt completion with greedy settings, every call logged into the run
+            generate = make_backend(config["model"], log=run, default_settings={"max_tokens": 16})
     try:
         grid = needle_sweep(generate, tok, filler, facts, depths, lengths)
         profile = depth_profile(grid)
