@@ -49,7 +49,7 @@ class LoRALinear(nn.Module):
         base: the layer to adapt, kept as ``self.base_layer``; its parameters are frozen here
             (``requires_grad = False``).
         r: the rank (>= 1).
-        alpha: ``lora_alpha``; ``self.scaling = lora_scaling(r, alpha, use_rslora)``.
+        alpha: ``lora_alpha``; store ``lora_scaling(r, alpha, use_rslora)`` as ``self.scaling``.
         dropout: the probability of ``self.lora_dropout`` (an ``nn.Dropout``, or ``nn.Identity`` for 0),
             applied to the input of the LoRA branch only, never to the base path.
         use_rslora: ``alpha / sqrt(r)`` instead of ``alpha / r``.
