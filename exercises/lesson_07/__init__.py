@@ -1,0 +1,1 @@
+"""Lesson 07: efficient attention and the KV cache."""
