@@ -52,7 +52,7 @@ def test_one_row_per_student_with_scores_and_reasons(classroom):
     assert list(by) == ["'" + FORMULA, "alice", "bob", "carol", "dave", "ev\\il", "mallory", "oscar", "trudy"]
     assert [r.student for r in rows] == [FORMULA, *list(by)[1:]]
     alice = by["alice"]
-    assert alice["status"] == "graded" and float(alice["score"]) == float(alice["max_score"]) > 0 and alice["reason"] == ""
+    assert alice["status"] == "graded" and float(alice["score"]) == float(alice["max_score"]) > 0 and alice["reason"] == "", alice
     for name, why in [("bob", "NotImplementedError"), ("carol", "stopped the worker")]:
         row = by[name]
         assert row["status"] == "graded" and float(row["score"]) == 0 and float(row["max_score"]) > 0, row

@@ -49,8 +49,8 @@ def render_chatml(messages: list[dict], add_generation_prompt: bool = False, ena
     the model starts reasoning) or ``<|im_start|>assistant\\n<think></think>`` (thinking off: an empty
     reasoning block, the model answers at once).
     """
-    # TODO(lesson 11): implement `render_chatml`; read lessons/lesson_11.md, section '2. The course's ChatML template (`render_chatml`)'.
-    raise NotImplementedError("lesson 11: `render_chatml` is not implemented yet; read lessons/lesson_11.md, section '2. The course's ChatML template (`render_chatml`)'")
+    # TODO(lesson 11): implement `render_chatml`; read lessons/lesson_11.md, section '2. The course ChatML template (`render_chatml`)'.
+    raise NotImplementedError("lesson 11: `render_chatml` is not implemented yet; read lessons/lesson_11.md, section '2. The course ChatML template (`render_chatml`)'")
 
 
 def _value(value: object) -> str:
@@ -74,8 +74,8 @@ def format_tools(tools: list[dict]) -> str:
     ``\\n</parameters>``; the tool's other keys; ``\\n</function>``. Then ``\\n</tools>`` and
     ``TOOL_INSTRUCTIONS``. A tool is ``{"type": "function", "function": {...}}`` or the inner dict.
     """
-    # TODO(lesson 11): implement `format_tools`; read lessons/lesson_11.md, section '3. Nemotron 3 Nano's template (`render_nemotron`, `format_tools`, `format_tool_call`)'.
-    raise NotImplementedError("lesson 11: `format_tools` is not implemented yet; read lessons/lesson_11.md, section '3. Nemotron 3 Nano's template (`render_nemotron`, `format_tools`, `format_tool_call`)'")
+    # TODO(lesson 11): implement `format_tools`; read lessons/lesson_11.md, section '3. The Nemotron 3 Nano template (`render_nemotron`, `format_tools`, `format_tool_call`)'.
+    raise NotImplementedError("lesson 11: `format_tools` is not implemented yet; read lessons/lesson_11.md, section '3. The Nemotron 3 Nano template (`render_nemotron`, `format_tools`, `format_tool_call`)'")
 
 
 def format_tool_call(call: dict) -> str:
@@ -83,8 +83,8 @@ def format_tool_call(call: dict) -> str:
     ``<parameter=KEY>\\nVALUE\\n</parameter>\\n`` (dicts and lists as JSON, other values ``str()``),
     then ``</function>\\n</tool_call>\\n``. ``call`` is ``{"type": "function", "function": {...}}`` or the inner dict.
     """
-    # TODO(lesson 11): implement `format_tool_call`; read lessons/lesson_11.md, section '3. Nemotron 3 Nano's template (`render_nemotron`, `format_tools`, `format_tool_call`)'.
-    raise NotImplementedError("lesson 11: `format_tool_call` is not implemented yet; read lessons/lesson_11.md, section '3. Nemotron 3 Nano's template (`render_nemotron`, `format_tools`, `format_tool_call`)'")
+    # TODO(lesson 11): implement `format_tool_call`; read lessons/lesson_11.md, section '3. The Nemotron 3 Nano template (`render_nemotron`, `format_tools`, `format_tool_call`)'.
+    raise NotImplementedError("lesson 11: `format_tool_call` is not implemented yet; read lessons/lesson_11.md, section '3. The Nemotron 3 Nano template (`render_nemotron`, `format_tools`, `format_tool_call`)'")
 
 
 def render_nemotron(
@@ -110,8 +110,8 @@ def render_nemotron(
     5. ``add_generation_prompt``: ``<|im_start|>assistant\\n<think>\\n`` (thinking on) or
        ``<|im_start|>assistant\\n<think></think>`` (off).
     """
-    # TODO(lesson 11): implement `render_nemotron`; read lessons/lesson_11.md, section '3. Nemotron 3 Nano's template (`render_nemotron`, `format_tools`, `format_tool_call`)'.
-    raise NotImplementedError("lesson 11: `render_nemotron` is not implemented yet; read lessons/lesson_11.md, section '3. Nemotron 3 Nano's template (`render_nemotron`, `format_tools`, `format_tool_call`)'")
+    # TODO(lesson 11): implement `render_nemotron`; read lessons/lesson_11.md, section '3. The Nemotron 3 Nano template (`render_nemotron`, `format_tools`, `format_tool_call`)'.
+    raise NotImplementedError("lesson 11: `render_nemotron` is not implemented yet; read lessons/lesson_11.md, section '3. The Nemotron 3 Nano template (`render_nemotron`, `format_tools`, `format_tool_call`)'")
 
 
 # ----------------------------------------------------------------------------- 2. few-shot prompts

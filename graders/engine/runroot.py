@@ -68,7 +68,9 @@ def _make() -> Path:
     # 0711 under root: the per-worker uids may pass through (bubblewrap binds their folders as
     # them) but not list it; each worker folder is readable by its own uid's group only.
     os.chmod(path, 0o711 if os.geteuid() == 0 else 0o700)
-    (path / "owner").write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
+    # Written whole then renamed: another run's clean_stale must never read a half-written owner as dead.
+    (path / "owner.new").write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
+    os.replace(path / "owner.new", path / "owner")
     return path
 
 

@@ -95,6 +95,8 @@ def _enclosing_functions(source: str, path: Path) -> list[str]:
 
 def stub_lines(lesson: str, function: str, section: str) -> list[str]:
     """The uniform two-line stub body."""
+    if "'" in section:  # the pointer quotes the heading in '...': the student's checks read it back by that quote
+        raise SyncError(f"lessons/lesson_{lesson}.md: heading {section!r} has an apostrophe, which a stub cannot quote; reword it")
     where = f"lessons/lesson_{lesson}.md, section '{section}'"
     return [
         f"# TODO(lesson {lesson}): implement `{function}`; read {where}.",
