@@ -20,6 +20,7 @@ import pytest
 MARKERS = (
     "gpu: needs CUDA; skipped cleanly without it",
     "slow: takes more than a few seconds",
+    "slurm: needs a Slurm cluster (scripts/slurm_cluster.sh starts one on this machine); skipped when none can start",
     "points(n): points a hidden grader test is worth",
 )
 ROOT = Path(__file__).resolve().parent

@@ -257,6 +257,79 @@ def pass_rates_csv(rows: list[Row]) -> str:
     return buf.getvalue()
 
 
+def grade_student_row(
+    lesson: lessons.Lesson,
+    folder: Path,
+    out: Path,
+    hide: tuple[Path, ...],
+    *,
+    previous: Row | None = None,
+    rubric: bool = False,
+    force: bool = False,
+    call_timeout: float = CALL_TIMEOUT,
+    threads: int | None = None,
+    server: GradingServer | None = None,
+    grade_student: Callable[..., Row] = grade_one,
+    rubric_student: Callable[..., dict] = score_rubric,
+) -> Row:
+    """One student's grading, the same under every executor: the hidden tests (unless ``previous`` is an earlier
+    run's row), then with ``rubric`` the rubric. Every failure is a row with its reason."""
+    row = previous
+    if row is None:
+        row = grade_student(lesson, folder, out, hide, call_timeout=call_timeout, threads=threads, server=server)
+    if rubric and row.results is not None:
+        try:  # after the hidden tests, which it reuses (results.json's provenance)
+            row.rubric = rubric_student(lesson, folder, out / folder.name, hide, force=force)
+        except lessons.GradingSetupError as exc:
+            row.rubric_reason = f"rubric not scored: {exc}"[:300]
+        except Exception as exc:  # an engine bug costs this student's rubric, never the batch
+            row.rubric_reason = f"rubric not scored: grader error: {type(exc).__name__}: {exc}"[:300]
+    return row
+
+
+def _run_local(
+    lesson: lessons.Lesson,
+    todo: list[Path],
+    out: Path,
+    hide: tuple[Path, ...],
+    rows: dict[str, Row],
+    *,
+    jobs: int,
+    progress: bool,
+    **kwargs: object,
+) -> None:
+    """The default executor: ``jobs`` threads on this machine, each with one grading server; fills ``rows``."""
+    # Split the cores: N gradings with all-core torch pools each oversubscribe and thrash.
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    servers: list[GradingServer] = []  # one per job slot (pool thread): pytest and torch imported once per slot
+    slot = threading.local()
+
+    def grade_in_slot(folder: Path) -> Row:
+        if not hasattr(slot, "server"):
+            slot.server = GradingServer()
+            servers.append(slot.server)
+        return grade_student_row(lesson, folder, out, hide, previous=rows.get(folder.name), threads=threads,
+                                 server=slot.server, **kwargs)  # fmt: skip
+
+    try:
+        with (
+            runroot.run_root(),  # one run folder for the whole batch: the jobs' gradings nest in it, none removes another's
+            ThreadPoolExecutor(max_workers=jobs) as pool,
+            tqdm(total=len(todo), desc=f"lesson {lesson.number}", unit="student", disable=not progress) as bar,
+        ):
+            futures = {pool.submit(grade_in_slot, f): f for f in todo}
+            for future in as_completed(futures):
+                name = futures[future].name
+                try:
+                    rows[name] = future.result()
+                except Exception as exc:  # a replaced grade_student may raise; the row still exists
+                    rows[name] = Row(name, reason=f"grader error: {type(exc).__name__}: {exc}"[:300])
+                bar.update(1)
+    finally:
+        for server in servers:
+            server.close()
+
+
 def run_batch(
     lesson: lessons.Lesson,
     submissions: Path,
@@ -269,8 +342,15 @@ def run_batch(
     rubric: bool = False,
     grade_student: Callable[..., Row] = grade_one,
     rubric_student: Callable[..., dict] = score_rubric,
+    executor: str = "local",
+    slurm_options: dict | None = None,
 ) -> list[Row]:
-    """Grade every student folder of ``submissions`` into ``out`` (and score their rubric); write the CSVs; return the rows."""
+    """Grade every student folder of ``submissions`` into ``out`` (and score their rubric); write the CSVs; return the rows.
+
+    ``executor``: "local" (a thread pool of ``jobs`` slots on this machine) or "slurm" (one job per student
+    in a Slurm job array, :mod:`graders.engine.slurm`, with ``slurm_options``); both grade a student with
+    :func:`grade_student_row`.
+    """
     submissions, out = submissions.resolve(), out.resolve()
     if out.is_relative_to(submissions) or submissions.is_relative_to(out):
         raise lessons.GradingSetupError("the output folder and the submissions folder must not contain each other")
@@ -292,44 +372,17 @@ def run_batch(
                 continue  # with --rubric it still goes through a slot: its rubric may need scoring
         todo.append(folder)
     hide = (submissions, out)
-    # Split the cores: N gradings with all-core torch pools each oversubscribe and thrash.
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    servers: list[GradingServer] = []  # one per job slot (pool thread): pytest and torch imported once per slot
-    slot = threading.local()
+    if executor == "slurm":
+        from graders.engine import slurm
 
-    def grade_in_slot(folder: Path) -> Row:
-        if not hasattr(slot, "server"):
-            slot.server = GradingServer()
-            servers.append(slot.server)
-        row = rows.get(folder.name)
-        if row is None:
-            row = grade_student(lesson, folder, out, hide, call_timeout=call_timeout, threads=threads, server=slot.server)
-        if rubric and row.results is not None:
-            try:  # after the hidden tests, which it reuses (results.json's provenance)
-                row.rubric = rubric_student(lesson, folder, out / folder.name, hide, force=force)
-            except lessons.GradingSetupError as exc:
-                row.rubric_reason = f"rubric not scored: {exc}"[:300]
-            except Exception as exc:  # an engine bug costs this student's rubric, never the batch
-                row.rubric_reason = f"rubric not scored: grader error: {type(exc).__name__}: {exc}"[:300]
-        return row
-
-    try:
-        with (
-            runroot.run_root(),  # one run folder for the whole batch: the jobs' gradings nest in it, none removes another's
-            ThreadPoolExecutor(max_workers=jobs) as pool,
-            tqdm(total=len(todo), desc=f"lesson {lesson.number}", unit="student", disable=not progress) as bar,
-        ):
-            futures = {pool.submit(grade_in_slot, f): f for f in todo}
-            for future in as_completed(futures):
-                name = futures[future].name
-                try:
-                    rows[name] = future.result()
-                except Exception as exc:  # a replaced grade_student may raise; the row still exists
-                    rows[name] = Row(name, reason=f"grader error: {type(exc).__name__}: {exc}"[:300])
-                bar.update(1)
-    finally:
-        for server in servers:
-            server.close()
+        done = slurm.run(lesson, todo, out, hide, rows, call_timeout=call_timeout, force=force, rubric=rubric,
+                         progress=progress, **(slurm_options or {}))  # fmt: skip
+        rows.update(done)
+    elif executor != "local":
+        raise lessons.GradingSetupError(f"unknown executor {executor!r}: local or slurm")
+    else:
+        _run_local(lesson, todo, out, hide, rows, jobs=jobs, force=force, call_timeout=call_timeout, progress=progress,
+                   rubric=rubric, grade_student=grade_student, rubric_student=rubric_student)  # fmt: skip
     ordered = [rows[f.name] for f in folders]
     write_grades(out, lesson.number, ordered, rubric)
     results.write_atomic(out / "pass_rates.csv", pass_rates_csv(ordered))

@@ -82,9 +82,23 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     out = Path(args.out)
     lesson = lessons.load(args.lesson)
-    rows = batch.run_batch(
-        lesson, Path(args.submissions), out, jobs=args.jobs, force=args.force, call_timeout=args.call_timeout, rubric=args.rubric
-    )
+    slurm_options = None
+    if args.executor == "slurm":
+        given = {"partition": args.partition, "gpus_per_job": args.gpus_per_job, "max_parallel": args.max_parallel,
+                 "cpus_per_job": args.cpus_per_job, "time_limit_min": args.time_limit}  # fmt: skip
+        slurm_options = {k: v for k, v in given.items() if v is not None}
+    elif any(v is not None for v in (args.partition, args.gpus_per_job, args.max_parallel, args.cpus_per_job, args.time_limit)):
+        raise lessons.GradingSetupError("--partition, --gpus-per-job, --max-parallel, --cpus-per-job and --time-limit "
+                                        "need --executor slurm")  # fmt: skip
+    try:
+        rows = batch.run_batch(
+            lesson, Path(args.submissions), out, jobs=args.jobs, force=args.force, call_timeout=args.call_timeout,
+            rubric=args.rubric, executor=args.executor, slurm_options=slurm_options,
+        )
+    except KeyboardInterrupt:
+        cancelled = " (the Slurm job array was cancelled)" if args.executor == "slurm" else ""
+        print(f"llm-grade: interrupted{cancelled}; a re-run grades only the students still missing", file=sys.stderr)
+        return 130
     graded = [r for r in rows if r.status == "graded"]
     reused = sum(r.skipped for r in rows)
     print(f"{len(rows)} student(s): {len(graded)} graded ({reused} from earlier runs), {len(rows) - len(graded)} not graded")
@@ -193,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     bat.add_argument("--rubric", action="store_true",
                      help="also score each student's rubric and merge their notebooks into one class course OUT/nbgrader")
     bat.add_argument("--allow-unsandboxed", action="store_true", help=UNSANDBOXED_HELP)
+    bat.add_argument("--executor", choices=("local", "slurm"), default="local",
+                     help="local: --jobs threads on this machine (default); slurm: one job per student in a job array")
+    bat.add_argument("--partition", help="(slurm) the partition to submit to (default: the cluster's default)")
+    bat.add_argument("--gpus-per-job", type=int, help="(slurm) GPUs per job; 0 (default): CPU jobs, gpu tests skipped")
+    bat.add_argument("--max-parallel", type=int, help="(slurm) at most K jobs of the array at once (default: no limit)")
+    bat.add_argument("--cpus-per-job", type=int, help="(slurm) CPUs per job (default 1)")
+    bat.add_argument("--time-limit", type=int, help="(slurm) minutes per job (default 40); one time-out is requeued")
     bat.set_defaults(func=_cmd_batch)
     gbk = sub.add_parser("gradebook", help="merge the manual grades of the class course (formgrader) into rubrics and grades.csv")
     gbk.add_argument("--lesson", required=True, help="lesson number, e.g. 03")

@@ -35,6 +35,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 MARKERS = (
     "gpu: needs CUDA; skipped cleanly without it",
     "slow: takes more than a few seconds",
+    "slurm: needs a Slurm cluster (scripts/slurm_cluster.sh starts one on this machine); skipped when none can start",
     "points(n): points a hidden grader test is worth",
 )
 
