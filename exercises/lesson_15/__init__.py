@@ -1,0 +1,1 @@
+"""Lesson 15: Preference tuning (DPO and reward models)."""
