@@ -1,0 +1,1 @@
+"""Lesson 16: Reasoning RL (GRPO)."""

@@ -1,0 +1,1 @@
+"""Lesson 16 hidden graders: reasoning RL (GRPO). Declared in lesson.toml."""
