@@ -156,3 +156,13 @@ def test_no_solution_code_in_exercises():
             code = line.strip()
             if len(code) > 25 and not code.startswith("#") and code not in provided:
                 assert code not in exercise_text, f"solution line leaked into exercises/: {code}"
+
+
+def test_shipped_data_is_one_copy_in_exercises_and_solutions():
+    """A lesson's data/ (lesson 05's text, lesson 17's corpus) lives in both trees so the lab runs from either;
+    the two copies must be byte-identical (a corpus edited in one place would grade against the other)."""
+    pairs = [(p, REPO / "exercises" / p.relative_to(REPO / "solutions_private"))
+             for p in sorted((REPO / "solutions_private").glob("lesson_*/data/**/*")) if p.is_file()]  # fmt: skip
+    assert pairs, "no shipped data found: the glob is stale"
+    different = [str(b.relative_to(REPO)) for a, b in pairs if not b.is_file() or b.read_bytes() != a.read_bytes()]
+    assert not different, f"differs from solutions_private (copy it over): {different}"
