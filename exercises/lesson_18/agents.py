@@ -166,7 +166,7 @@ def run_agent(
     A completion that ``parse_tool_calls`` rejects is appended as assistant content, followed by
     ``{"role": "tool", "name": "parser", "content": "error: " + the message}``. Each model call is one
     step; at most ``max_steps`` of them. With ``memory``: ``memory.recall()`` (when not empty) goes first as
-    a system message, and ``memory.end_conversation(messages)`` is called at the end.
+    a system message, and its ``end_conversation`` hook gets the whole conversation at the end.
 
     Returns ``{"answer": str | None (None when the budget ran out), "steps": int, "messages": [...]}``
     (the messages as sent to the model, including the memory's system message)."""
